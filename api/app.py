@@ -1,0 +1,189 @@
+"""``create_app(settings)``: the FastAPI application of one stateless Cairn replica."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import problems
+from api.metrics import HTTPMetricsMiddleware, Metrics
+from api.notifier import Notifier
+from api.routes import router as runs_router
+from api.routes_workers import router as workers_router
+from api.schemas import Problem
+from api.service import Service
+from api.settings import Settings
+from db import queries as Q
+from db import reaper
+from db.embedded import EmbeddedPostgres
+from db.engine import Database, at_head, create_engine, migrate
+from db.types import Effects
+
+log = logging.getLogger("cairn.api")
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``limit`` bytes with 413 before any handler reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._refuse(scope, receive, send)
+                    return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problems.problem(
+            413, "payload_too_large", f"request body is over the limit of {self.limit} bytes",
+            instance=scope.get("path"),
+        )
+        await response(scope, receive, send)
+
+
+async def _reaper_loop(svc: Service) -> None:
+    s = svc.settings
+    while True:
+        try:
+            effects = Effects()
+            changed = await reaper.tick(
+                svc.db, grace_s=s.cancel_grace_s, batch=s.reaper_batch, effects=effects
+            )
+            svc.metrics.record(effects)
+            if changed:
+                log.info("reaper changed %d step runs", changed)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.warning("reaper tick failed: %s", err)
+        await asyncio.sleep(s.reaper_interval_s)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        embedded = None
+        url = settings.database_url
+        if url is None:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            url = await asyncio.to_thread(embedded.start)
+        db = Database(
+            create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+        )
+        if settings.run_migrations:
+            await migrate(db.engine)
+        notifier = Notifier(url)
+        svc = Service(settings, db, notifier, metrics)
+        app.state.service = svc
+        notifier.start()
+        reaper_task = asyncio.create_task(_reaper_loop(svc), name="cairn-reaper")
+        try:
+            yield
+        finally:
+            reaper_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper_task
+            await notifier.stop()
+            await db.dispose()
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+
+    app = FastAPI(
+        title="Cairn",
+        version="0.1.0",
+        summary="Durable DAG workflows on PostgreSQL, over plain HTTP/JSON.",
+        lifespan=lifespan,
+    )
+    problems.install(app, on_conflict=metrics.conflict)
+    app.include_router(runs_router)
+    app.include_router(workers_router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"model": Problem}})
+    async def readyz(request: Request) -> Any:
+        """The database is reachable and the schema is at the newest migration."""
+        svc: Service = request.app.state.service
+        try:
+            async with svc.db.connect() as conn:
+                await asyncio.wait_for(conn.execute(text("SELECT 1")), 5)
+                ready = await at_head(conn)
+        except Exception as err:
+            return problems.problem(503, "not_ready", f"database unreachable: {err}"[:300])
+        if not ready:
+            return problems.problem(503, "not_ready", "migrations are not at head")
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def metrics_endpoint(request: Request) -> Response:
+        """Prometheus text format; queue depth and active workers are read from the database."""
+        svc: Service = request.app.state.service
+        try:
+            async with svc.db.connect() as conn:
+                depth = {
+                    r.action: int(r.n)
+                    for r in await asyncio.wait_for(conn.execute(Q.QUEUE_DEPTH), 5)
+                }
+                workers = (
+                    await conn.execute(
+                        Q.ACTIVE_WORKERS,
+                        {"window": svc.settings.worker_active_window_s, "now": None},
+                    )
+                ).scalar_one()
+            svc.metrics.set_gauges(depth, int(workers))
+        except Exception as err:
+            log.warning("metrics gauges not refreshed: %s", err)
+        return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
+    return app

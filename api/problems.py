@@ -1,0 +1,113 @@
+"""RFC 9457 problem+json: every error the API returns goes through here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from db.errors import CairnDBError, LeaseConflict
+
+log = logging.getLogger("cairn.api")
+PROBLEM_TYPE = "application/problem+json"
+
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"urn:cairn:problem:{code}",
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
+
+
+def _clean_errors(errors: Any) -> list[dict[str, Any]]:
+    cleaned = []
+    for e in errors:
+        cleaned.append(
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg", ""))[:500],
+                "type": str(e.get("type", "")),
+            }
+        )
+    return cleaned[:50]
+
+
+def install(app: FastAPI, on_conflict: Any = None) -> None:
+    """Map every exception to problem+json. ``on_conflict`` is told of each LeaseConflict."""
+
+    @app.exception_handler(CairnDBError)
+    async def domain_error(request: Request, exc: CairnDBError) -> JSONResponse:
+        if isinstance(exc, LeaseConflict) and on_conflict is not None:
+            on_conflict(exc)
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        extra = dict(exc.extra)
+        if isinstance(exc, LeaseConflict):
+            extra["conflicting"] = exc.conflicting
+        return problem(
+            exc.status, exc.code, exc.detail, instance=request.url.path, headers=headers, **extra
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _clean_errors(exc.errors())
+        body_errors = [e for e in errors if e["type"] in ("json_invalid", "model_attributes_type")]
+        if body_errors and any(e["type"] == "json_invalid" for e in body_errors):
+            return problem(400, "malformed_json", "the request body is not valid JSON",
+                           instance=request.url.path, errors=errors)
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        detail = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else first["msg"]
+        return problem(422, "validation_error", detail, instance=request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {
+            400: "bad_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+            415: "unsupported_media_type",
+        }.get(exc.status_code, "http_error")
+        detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "")
+        if exc.status_code == 400 and "parsing the body" in detail:
+            code = "malformed_json"
+        return problem(exc.status_code, code, detail, instance=request.url.path,
+                       headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "internal", "unexpected server error", instance=request.url.path)

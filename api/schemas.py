@@ -1,0 +1,202 @@
+"""Request and response bodies of the REST API (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Name = Field(pattern=r"^[a-z0-9_.-]{1,64}$", min_length=1, max_length=64)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- workflows ----------------------------------------------------------------------------------
+
+
+class BackoffIn(Strict):
+    initial_s: float | None = Field(default=None, ge=0, le=86400)
+    factor: float | None = Field(default=None, ge=1, le=100)
+    max_s: float | None = Field(default=None, ge=0, le=86400)
+    jitter: float | None = Field(default=None, ge=0, le=1)
+
+
+class StepIn(Strict):
+    name: str = Field(min_length=1, max_length=64)
+    action: str | None = Field(default=None, min_length=1, max_length=200)
+    parents: list[str] = Field(default_factory=list, max_length=256)
+    retries: int = Field(default=0, ge=0, le=1000)
+    backoff: BackoffIn | None = None
+    timeout_s: float = Field(default=60.0, gt=0, le=7 * 86400)
+    schedule_timeout_s: float = Field(default=300.0, gt=0, le=7 * 86400)
+    delivery: Literal["at_least_once", "at_most_once"] = "at_least_once"
+
+
+class WorkflowIn(Strict):
+    steps: list[StepIn] = Field(min_length=1, max_length=10_000)
+    on_failure: StepIn | None = None
+    description: str | None = Field(default=None, max_length=2000)
+
+
+class WorkflowOut(BaseModel):
+    name: str
+    version: int
+    definition: dict[str, Any]
+    created_at: datetime
+    versions: list[int] | None = None
+
+
+class WorkflowList(BaseModel):
+    workflows: list[WorkflowOut]
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+class TriggerIn(Strict):
+    input: Any = Field(default_factory=dict)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    worker_id: str
+    lease_token: str
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: str
+    error: Any
+
+
+class StepRunOut(BaseModel):
+    step_run_id: str
+    name: str
+    action: str
+    status: str
+    attempt: int
+    max_attempts: int
+    delivery: str
+    on_failure: bool
+    parents: list[str]
+    output: Any
+    error: Any
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested: bool
+    attempts: list[AttemptOut]
+
+
+class RunOut(BaseModel):
+    id: str
+    workflow: str
+    version: int
+    status: str
+    input: Any
+    idempotency_key: str | None
+    error: Any
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: list[StepRunOut] | None = None
+
+
+class RunList(BaseModel):
+    runs: list[RunOut]
+    next_cursor: str | None
+
+
+# --- workers ------------------------------------------------------------------------------------
+
+
+class WorkerIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    actions: list[str] = Field(min_length=1, max_length=1000)
+    slots: int = Field(default=1, ge=1, le=10_000)
+    heartbeat_interval_s: float | None = Field(default=None, gt=0, le=86400)
+    lease_timeout_s: float | None = Field(default=None, gt=0, le=86400)
+
+
+class WorkerOut(BaseModel):
+    id: str
+    name: str
+    actions: list[str]
+    slots: int
+    heartbeat_interval_s: float
+    lease_timeout_s: float
+
+
+class PollIn(Strict):
+    max_tasks: int = Field(default=1, ge=1, le=100_000)
+    wait_s: float = Field(default=30.0, ge=0, le=86400)
+
+
+class TaskOut(BaseModel):
+    step_run_id: str
+    run_id: str
+    workflow: str
+    version: int
+    step: str
+    action: str
+    attempt: int
+    lease_token: str
+    input: Any
+    parents: Any
+    timeout_at: datetime
+    lease_expires_at: datetime
+    delivery: str
+
+
+class PollOut(BaseModel):
+    tasks: list[TaskOut]
+    cancelled: list[str]
+
+
+class HeartbeatIn(Strict):
+    step_run_ids: list[UUID] = Field(default_factory=list, max_length=10_000)
+
+
+LeaseState = Literal["held", "cancelled", "lost"]
+
+
+class HeartbeatOut(BaseModel):
+    step_runs: dict[str, LeaseState]
+
+
+# --- step runs ----------------------------------------------------------------------------------
+
+
+class CompleteIn(Strict):
+    lease_token: UUID
+    output: Any = None
+
+
+class ErrorIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(default="Error", max_length=200)
+    message: str = Field(default="", max_length=65536)
+
+
+class FailIn(Strict):
+    lease_token: UUID
+    error: ErrorIn = Field(default_factory=ErrorIn)
+    retryable: bool = True
+    retry_after_s: float | None = Field(default=None, ge=0, le=86400)
+
+
+class OutcomeOut(BaseModel):
+    status: str
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None

@@ -1,0 +1,59 @@
+"""The per-app service object: settings, database, metrics, notifier, and the tx helper."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from api.metrics import Metrics
+from api.notifier import Notifier
+from api.settings import Settings
+from db import transitions
+from db.engine import Database
+from db.types import Effects
+
+T = TypeVar("T")
+
+
+class Service:
+    def __init__(
+        self, settings: Settings, db: Database, notifier: Notifier, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.notifier = notifier
+        self.metrics = metrics
+        self._worker_actions: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+
+    async def tx(self, fn: Callable[[AsyncConnection, Effects], Awaitable[T]]) -> T:
+        """One transaction; its wake-ups are sent inside it and its metrics after commit."""
+        holder: list[Effects] = []
+
+        async def body(conn: AsyncConnection) -> T:
+            effects = Effects()
+            holder[:] = [effects]
+            result = await fn(conn, effects)
+            await transitions.notify(conn, effects)
+            return result
+
+        result = await self.db.transaction(body)
+        self.metrics.record(holder[0])
+        return result
+
+    def remember_worker(self, worker_id: str, actions: tuple[str, ...]) -> None:
+        self._worker_actions[worker_id] = actions
+        self._worker_actions.move_to_end(worker_id)
+        while len(self._worker_actions) > 10_000:
+            self._worker_actions.popitem(last=False)
+
+    def worker_actions(self, worker_id: str) -> tuple[str, ...] | None:
+        return self._worker_actions.get(worker_id)
+
+
+def service(request: Request) -> Service:
+    svc: Service = request.app.state.service
+    return svc

@@ -1,0 +1,52 @@
+"""Server settings, read from ``CAIRN_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of a Cairn API replica. All are documented in README.md."""
+
+    model_config = SettingsConfigDict(env_prefix="CAIRN_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="Postgres URL; unset → embedded Postgres in data_dir"
+    )
+    data_dir: str = Field(default=".cairn/pgdata", description="embedded Postgres data directory")
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    # Leases and heartbeats (seconds). Workers may ask for values within the bounds.
+    heartbeat_interval_s: float = 5.0
+    lease_timeout_s: float = 60.0
+    min_lease_timeout_s: float = 1.0
+    max_lease_timeout_s: float = 3600.0
+    min_heartbeat_interval_s: float = 0.2
+
+    # Long-poll.
+    poll_max_wait_s: float = 30.0
+    poll_recheck_s: float = 1.0
+    poll_max_tasks: int = 100
+
+    # Reaper (lease expiry, timeouts, cancellation grace) and cancellation.
+    reaper_interval_s: float = 1.0
+    reaper_batch: int = 500
+    cancel_grace_s: float = 10.0
+
+    # Limits.
+    max_payload_bytes: int = 1024 * 1024
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_steps: int = 256
+    list_limit_max: int = 500
+
+    # Worker liveness for the cairn_workers_active gauge.
+    worker_active_window_s: float = 60.0
+
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+    run_migrations: bool = Field(
+        default=True, description="run migrations at start-up (off when a migration job does it)"
+    )
+    log_level: str = "info"

@@ -1,0 +1,314 @@
+"""Workers and leases: register, poll (claim), heartbeat, complete, fail, deregister."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from db import queries as Q
+from db import transitions
+from db.errors import LeaseConflict, NotFound
+from db.types import Effects, PollResult, Task, WorkerInfo
+
+
+def _worker(row: Any) -> WorkerInfo:
+    return WorkerInfo(
+        id=str(row.id),
+        name=row.name,
+        actions=tuple(row.actions),
+        slots=row.slots,
+        heartbeat_interval_s=row.heartbeat_interval_s,
+        lease_timeout_s=row.lease_timeout_s,
+    )
+
+
+async def register_worker(
+    conn: AsyncConnection,
+    tenant: str,
+    *,
+    name: str,
+    actions: list[str],
+    slots: int,
+    heartbeat_interval_s: float,
+    lease_timeout_s: float,
+    now: datetime | None = None,
+) -> WorkerInfo:
+    row = (
+        await conn.execute(
+            Q.INSERT_WORKER,
+            {
+                "tenant": tenant,
+                "name": name,
+                "actions": sorted(set(actions)),
+                "slots": slots,
+                "hb": heartbeat_interval_s,
+                "lease": lease_timeout_s,
+                "now": now,
+            },
+        )
+    ).one()
+    return _worker(row)
+
+
+async def _touch(conn: AsyncConnection, tenant: str, worker_id: str, now: datetime | None) -> Any:
+    row = (
+        await conn.execute(Q.TOUCH_WORKER, {"tenant": tenant, "worker": worker_id, "now": now})
+    ).first()
+    if row is None:
+        raise NotFound(f"worker {worker_id} is not registered (register again)")
+    return row
+
+
+async def _deliver_cancellations(
+    conn: AsyncConnection, worker_id: str, ids: list[str], effects: Effects, now: datetime | None
+) -> list[str]:
+    if not ids:
+        return []
+    told = [
+        r[0]
+        for r in await conn.execute(
+            Q.DELIVER_CANCELLATIONS, {"ids": ids, "worker": worker_id, "now": now}
+        )
+    ]
+    if told:
+        await conn.execute(Q.CLOSE_CANCELLED_ATTEMPTS, {"ids": told, "now": now})
+        effects.step_statuses["cancelled"] += len(told)
+    return told
+
+
+async def poll(
+    conn: AsyncConnection,
+    tenant: str,
+    worker_id: str,
+    *,
+    max_tasks: int,
+    effects: Effects,
+    now: datetime | None = None,
+) -> PollResult:
+    """Claim up to ``max_tasks`` (never beyond free slots) and deliver pending cancellations."""
+    worker = await _touch(conn, tenant, worker_id, now)
+    cancelled = await _deliver_cancellations(conn, worker_id, list(worker.cancelled), effects, now)
+    free = worker.slots - (worker.busy - len(cancelled))
+    n = min(max_tasks, free)
+    tasks: list[Task] = []
+    if n > 0:
+        rows = await conn.execute(
+            Q.CLAIM,
+            {
+                "tenant": tenant,
+                "actions": list(worker.actions),
+                "n": n,
+                "worker": worker_id,
+                "lease_s": worker.lease_timeout_s,
+                "now": now,
+            },
+        )
+        for r in rows:
+            tasks.append(
+                Task(
+                    step_run_id=str(r.id),
+                    run_id=str(r.run_id),
+                    workflow=r.workflow_name,
+                    version=r.version,
+                    step=r.step_name,
+                    action=r.action,
+                    attempt=r.attempt,
+                    lease_token=str(r.lease_token),
+                    input=r.input,
+                    parents=r.parent_outputs if r.parent_outputs is not None else {},
+                    timeout_at=r.timeout_at,
+                    lease_expires_at=r.lease_expires_at,
+                    delivery=r.delivery,
+                )
+            )
+            effects.queue_latencies.append(max(float(r.queue_latency or 0.0), 0.0))
+        effects.step_statuses["running"] += len(tasks)
+    return PollResult(tasks=tuple(tasks), cancelled=tuple(cancelled), actions=tuple(worker.actions))
+
+
+async def heartbeat(
+    conn: AsyncConnection,
+    tenant: str,
+    worker_id: str,
+    step_run_ids: list[str],
+    *,
+    grace_s: float,
+    effects: Effects,
+    now: datetime | None = None,
+) -> dict[str, str]:
+    """Renew the leases this worker holds; answer held | cancelled | lost per step run."""
+    worker = await _touch(conn, tenant, worker_id, now)
+    ids = sorted(set(step_run_ids))
+    answers: dict[str, str] = {}
+    if not ids:
+        return answers
+    for (sid,) in await conn.execute(
+        Q.RENEW_LEASES,
+        {"ids": ids, "worker": worker_id, "lease_s": worker.lease_timeout_s, "now": now},
+    ):
+        answers[sid] = "held"
+    rest = [i for i in ids if i not in answers]
+    for sid in await _deliver_cancellations(conn, worker_id, rest, effects, now):
+        answers[sid] = "cancelled"
+    rest = [i for i in rest if i not in answers]
+    if rest:
+        rows = await conn.execute(
+            Q.HEARTBEAT_LEFTOVERS,
+            {"ids": rest, "worker": worker_id, "tenant": tenant, "grace": grace_s, "now": now},
+        )
+        for r in rows:
+            if r.status == "cancelled" and r.worker_id == worker_id:
+                answers[r.id] = "cancelled"
+                if r.ignored:
+                    effects.ignored_cancellations += 1
+        for sid in rest:
+            answers.setdefault(sid, "lost")
+    return answers
+
+
+async def _conflict(
+    conn: AsyncConnection, tenant: str, step_run_id: str, token: str, output_json: str | None
+) -> LeaseConflict:
+    """Explain why a fenced write was refused, and whether it conflicts with what is stored."""
+    row = (
+        await conn.execute(
+            Q.DIAGNOSE,
+            {"id": step_run_id, "tenant": tenant, "token": token, "output": output_json},
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"step run {step_run_id} does not exist")
+    if row.token_attempt is None:
+        return LeaseConflict(
+            "lease_lost",
+            "that lease token was never issued for this step run",
+            conflicting=True,
+            reason="unknown_token",
+        )
+    if row.status == "cancelled" or row.cancel_requested:
+        return LeaseConflict(
+            "cancelled", "the run was cancelled", conflicting=True, reason="cancelled"
+        )
+    older = row.token_attempt < row.attempt
+    benign = not older and (
+        (output_json is not None and row.token_outcome == "succeeded" and row.same_output)
+        or (output_json is None and row.token_outcome == "failed")
+    )
+    if row.status in ("succeeded", "failed", "skipped") and not older:
+        return LeaseConflict(
+            "already_finished",
+            f"the step run already {row.status}",
+            conflicting=not benign,
+            reason="already_finished",
+        )
+    return LeaseConflict(
+        "lease_lost",
+        "the lease expired or was reassigned" + (" to a newer attempt" if older else ""),
+        conflicting=not benign,
+        reason="stale_attempt" if older else "lease_expired",
+    )
+
+
+async def complete(
+    conn: AsyncConnection,
+    tenant: str,
+    step_run_id: str,
+    token: str,
+    output_json: str,
+    *,
+    effects: Effects,
+    now: datetime | None = None,
+) -> LeaseConflict | None:
+    """Apply a completion, or return why it was refused (after committing any lease revocation)."""
+    row = (
+        await conn.execute(
+            Q.COMPLETE,
+            {
+                "id": step_run_id,
+                "tenant": tenant,
+                "token": token,
+                "output": output_json,
+                "now": now,
+            },
+        )
+    ).first()
+    if row is None:
+        await _finish_cancelled_holder(conn, tenant, step_run_id, token, effects, now)
+        return await _conflict(conn, tenant, step_run_id, token, output_json)
+    await transitions.close_attempt(conn, token, "succeeded", None, now)
+    effects.step_statuses["succeeded"] += 1
+    effects.step_durations.append(float(row.duration or 0.0))
+    await transitions.after_success(
+        conn, str(row.run_id), row.step_name, row.is_on_failure, effects, now
+    )
+    return None
+
+
+async def _finish_cancelled_holder(
+    conn: AsyncConnection,
+    tenant: str,
+    step_run_id: str,
+    token: str,
+    effects: Effects,
+    now: datetime | None,
+) -> None:
+    """A holder reporting on a cancelled step has stopped: revoke its lease now."""
+    step = (
+        await conn.execute(
+            Q.LOCK_HELD_STEP, {"id": step_run_id, "tenant": tenant, "token": token, "now": None}
+        )
+    ).first()
+    if step is not None and step.cancel_requested_at is not None:
+        await transitions.cancel_running(conn, step, effects, now)
+
+
+async def fail(
+    conn: AsyncConnection,
+    tenant: str,
+    step_run_id: str,
+    token: str,
+    error: dict[str, Any],
+    *,
+    retryable: bool,
+    retry_after_s: float | None,
+    effects: Effects,
+    now: datetime | None = None,
+) -> str | LeaseConflict:
+    """Apply a failure (retry or final); return the new status, or why it was refused."""
+    step = (
+        await conn.execute(
+            Q.LOCK_HELD_STEP, {"id": step_run_id, "tenant": tenant, "token": token, "now": now}
+        )
+    ).first()
+    if step is None or step.cancel_requested_at is not None:
+        if step is not None:
+            await transitions.cancel_running(conn, step, effects, now)
+        return await _conflict(conn, tenant, step_run_id, token, None)
+    return await transitions.fail_attempt(
+        conn,
+        step,
+        error=error,
+        outcome="failed",
+        retryable=retryable,
+        retry_after_s=retry_after_s,
+        effects=effects,
+        now=now,
+    )
+
+
+async def held_by(conn: AsyncConnection, worker_id: str) -> list[tuple[str, str]]:
+    return [
+        (str(r.id), str(r.run_id)) for r in await conn.execute(Q.WORKER_HELD, {"worker": worker_id})
+    ]
+
+
+async def deregister(
+    conn: AsyncConnection, tenant: str, worker_id: str, now: datetime | None = None
+) -> None:
+    row = (
+        await conn.execute(Q.DEREGISTER_WORKER, {"tenant": tenant, "worker": worker_id, "now": now})
+    ).first()
+    if row is None:
+        raise NotFound(f"worker {worker_id} is not registered")

@@ -1,0 +1,413 @@
+"""Queue-critical SQL, in one place, as named statements.
+
+Every time-dependent statement takes ``:now`` (NULL means the database clock), so tests can fix
+the clock; every guarded write re-checks its guard inside the same statement.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import TextClause, text
+
+NOW = "COALESCE(CAST(:now AS timestamptz), now())"
+OPEN_STEP = "('pending', 'queued', 'running')"
+CLEAR_LEASE = "lease_token = NULL, lease_expires_at = NULL, timeout_at = NULL"
+
+
+def q(sql: str) -> TextClause:
+    return text(sql.replace("{NOW}", NOW))
+
+
+# --- workflows ----------------------------------------------------------------------------------
+
+LATEST_WORKFLOW = q("""
+SELECT id, name, version, definition, definition_hash, created_at FROM workflows
+WHERE tenant_id = :tenant AND name = :name ORDER BY version DESC LIMIT 1
+""")
+
+WORKFLOW_VERSION = q("""
+SELECT id, name, version, definition, definition_hash, created_at FROM workflows
+WHERE tenant_id = :tenant AND name = :name AND version = :version
+""")
+
+WORKFLOW_VERSIONS = q("""
+SELECT version FROM workflows WHERE tenant_id = :tenant AND name = :name ORDER BY version
+""")
+
+LOCK_WORKFLOW_NAME = q("SELECT pg_advisory_xact_lock(hashtextextended(:tenant || '/' || :name, 0))")
+
+INSERT_WORKFLOW = q("""
+INSERT INTO workflows (tenant_id, name, version, definition, definition_hash, created_at)
+VALUES (:tenant, :name, :version, CAST(:definition AS jsonb), :hash, {NOW})
+RETURNING id, name, version, definition, definition_hash, created_at
+""")
+
+LIST_WORKFLOWS = q("""
+SELECT DISTINCT ON (name) id, name, version, definition, definition_hash, created_at
+FROM workflows WHERE tenant_id = :tenant ORDER BY name, version DESC
+""")
+
+# --- runs ---------------------------------------------------------------------------------------
+
+# One statement creates the run and all its step runs; an idempotency-key conflict creates none.
+CREATE_RUN = q("""
+WITH r AS (
+  INSERT INTO runs (id, tenant_id, workflow_id, workflow_name, version, status, input,
+                    idempotency_key, trace_id, created_at)
+  VALUES (gen_random_uuid(), :tenant, :workflow_id, :name, :version, 'queued',
+          CAST(:input AS jsonb), :idem, gen_random_uuid(), {NOW})
+  ON CONFLICT (tenant_id, workflow_name, idempotency_key) DO NOTHING
+  RETURNING id, tenant_id, created_at
+), s AS (
+  INSERT INTO step_runs (id, tenant_id, run_id, step_name, action, position, parents,
+                         is_on_failure, status, max_attempts, delivery, timeout_s,
+                         schedule_timeout_s, backoff, parent_outputs, available_at, queued_at,
+                         schedule_deadline)
+  SELECT gen_random_uuid(), r.tenant_id, r.id, d.name, d.action, d.position,
+         ARRAY(SELECT jsonb_array_elements_text(d.parents)), d.on_failure,
+         CASE WHEN d.root THEN 'queued' ELSE 'pending' END,
+         d.retries + 1, d.delivery, d.timeout_s, d.schedule_timeout_s, d.backoff,
+         CASE WHEN d.root THEN '{}'::jsonb END,
+         CASE WHEN d.root THEN r.created_at END,
+         CASE WHEN d.root THEN r.created_at END,
+         CASE WHEN d.root THEN r.created_at + make_interval(secs => d.schedule_timeout_s) END
+  FROM r, jsonb_to_recordset(CAST(:steps AS jsonb)) AS d(
+    name text, action text, position int, parents jsonb, on_failure boolean, root boolean,
+    retries int, delivery text, timeout_s float8, schedule_timeout_s float8, backoff jsonb)
+  RETURNING 1
+)
+SELECT r.id, (SELECT count(*) FROM s) AS steps FROM r
+""")
+
+RUN_BY_IDEMPOTENCY_KEY = q("""
+SELECT id FROM runs WHERE tenant_id = :tenant AND workflow_name = :name AND idempotency_key = :idem
+""")
+
+RUN_COLUMNS = """id, workflow_name, version, status, input, idempotency_key, error, created_at,
+  started_at, finished_at"""
+
+GET_RUN = q(f"SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = :tenant AND id = :id")
+
+LOCK_RUN = q(
+    f"SELECT {RUN_COLUMNS}, workflow_id FROM runs WHERE tenant_id = :tenant AND id = :id FOR UPDATE"
+)
+
+RUN_STEPS = q("""
+SELECT id, step_name, action, status, attempt, max_attempts, delivery, is_on_failure, parents,
+       output, error, queued_at, started_at, finished_at, cancel_requested_at
+FROM step_runs WHERE run_id = :run ORDER BY position
+""")
+
+RUN_ATTEMPTS = q("""
+SELECT a.step_run_id, a.attempt, a.worker_id, a.lease_token, a.started_at, a.ended_at, a.outcome,
+       a.error
+FROM step_attempts a JOIN step_runs s ON s.id = a.step_run_id
+WHERE s.run_id = :run ORDER BY a.step_run_id, a.attempt
+""")
+
+# --- cancellation and replay ---------------------------------------------------------------------
+
+CANCEL_RUN = q("""
+UPDATE runs SET status = 'cancelled', finished_at = {NOW}
+WHERE tenant_id = :tenant AND id = :id AND status IN ('queued', 'running')
+RETURNING id
+""")
+
+CANCEL_OPEN_STEPS = q(
+    """
+UPDATE step_runs SET
+  status = CASE WHEN status = 'running' THEN 'running' ELSE 'cancelled' END,
+  finished_at = CASE WHEN status = 'running' THEN NULL ELSE {NOW} END,
+  cancel_requested_at = CASE WHEN status = 'running' THEN {NOW} END
+WHERE id IN (SELECT id FROM step_runs WHERE run_id = :run AND status IN {OPEN_STEP}
+             ORDER BY id FOR UPDATE)
+RETURNING status
+""".replace("{OPEN_STEP}", OPEN_STEP)
+)
+
+REPLAY_RESET_STEPS = q("""
+UPDATE step_runs SET status = 'pending', output = NULL, error = NULL, finished_at = NULL,
+  cancel_requested_at = NULL, parent_outputs = NULL, available_at = NULL, queued_at = NULL,
+  schedule_deadline = NULL, max_attempts = attempt + (CAST(:retries AS jsonb) ->> step_name)::int + 1
+WHERE run_id = :run
+  AND (status IN ('failed', 'cancelled', 'skipped') OR (is_on_failure AND status <> 'pending'))
+RETURNING step_name
+""")
+
+REPLAY_START_RUN = q("""
+UPDATE runs SET status = 'running', finished_at = NULL, error = NULL,
+  started_at = COALESCE(started_at, {NOW})
+WHERE id = :run
+""")
+
+# --- transitions shared by complete, fail and the reaper ------------------------------------------
+
+# Children of a finished step whose parents have all succeeded become queued, with their
+# parents' outputs. The caller holds the run lock, so two parents finishing cannot both miss it.
+PROMOTE_READY = q("""
+UPDATE step_runs c SET status = 'queued', available_at = {NOW}, queued_at = {NOW},
+  schedule_deadline = {NOW} + make_interval(secs => c.schedule_timeout_s),
+  parent_outputs = (SELECT COALESCE(jsonb_object_agg(p.step_name, p.output), '{}'::jsonb)
+                    FROM step_runs p WHERE p.run_id = c.run_id AND p.step_name = ANY(c.parents))
+WHERE c.run_id = :run AND c.status = 'pending' AND NOT c.is_on_failure
+  AND (CAST(:parent AS text) IS NULL OR CAST(:parent AS text) = ANY(c.parents))
+  AND NOT EXISTS (SELECT 1 FROM step_runs p WHERE p.run_id = c.run_id
+                  AND p.step_name = ANY(c.parents) AND p.status <> 'succeeded')
+RETURNING c.tenant_id, c.action
+""")
+
+SKIP_DESCENDANTS = q("""
+WITH RECURSIVE d(name) AS (
+  SELECT step_name FROM step_runs WHERE run_id = :run AND CAST(:step AS text) = ANY(parents)
+  UNION
+  SELECT s.step_name FROM step_runs s JOIN d ON d.name = ANY(s.parents) WHERE s.run_id = :run
+)
+UPDATE step_runs SET status = 'skipped', finished_at = {NOW}
+WHERE run_id = :run AND status = 'pending' AND step_name IN (SELECT name FROM d)
+RETURNING step_name
+""")
+
+QUEUE_ON_FAILURE = q("""
+UPDATE step_runs SET status = 'queued', available_at = {NOW}, queued_at = {NOW},
+  schedule_deadline = {NOW} + make_interval(secs => schedule_timeout_s),
+  parent_outputs = CAST(:details AS jsonb)
+WHERE run_id = :run AND is_on_failure AND status = 'pending'
+RETURNING tenant_id, action
+""")
+
+SETTLE_RUN = q(
+    """
+WITH agg AS (
+  SELECT count(*) FILTER (WHERE status IN {OPEN_STEP} AND NOT (is_on_failure AND status = 'pending'))
+           AS open,
+         count(*) FILTER (WHERE status = 'failed' AND NOT is_on_failure) AS failed,
+         (SELECT jsonb_build_object('step', f.step_name, 'error', f.error) FROM step_runs f
+          WHERE f.run_id = :run AND f.status = 'failed' AND NOT f.is_on_failure
+          ORDER BY f.finished_at, f.position LIMIT 1) AS first_error
+  FROM step_runs WHERE run_id = :run
+)
+UPDATE runs SET status = CASE WHEN agg.failed > 0 THEN 'failed' ELSE 'succeeded' END,
+  finished_at = {NOW}, error = agg.first_error
+FROM agg WHERE runs.id = :run AND runs.status IN ('queued', 'running') AND agg.open = 0
+RETURNING runs.status
+""".replace("{OPEN_STEP}", OPEN_STEP)
+)
+
+SKIP_UNUSED_ON_FAILURE = q("""
+UPDATE step_runs SET status = 'skipped', finished_at = {NOW}
+WHERE run_id = :run AND is_on_failure AND status = 'pending'
+""")
+
+MARK_RUN_RUNNING = q("""
+UPDATE runs SET status = 'running', started_at = COALESCE(started_at, {NOW})
+WHERE id = :run AND status = 'queued'
+""")
+
+CLOSE_ATTEMPT = q("""
+UPDATE step_attempts SET ended_at = {NOW}, outcome = :outcome, error = CAST(:error AS jsonb)
+WHERE lease_token = :token AND outcome = 'running'
+""")
+
+REQUEUE_STEP = q(f"""
+UPDATE step_runs SET status = 'queued', {CLEAR_LEASE}, error = CAST(:error AS jsonb),
+  available_at = {{NOW}} + make_interval(secs => :delay), queued_at = {{NOW}},
+  schedule_deadline = {{NOW}} + make_interval(secs => :delay + schedule_timeout_s),
+  max_attempts = max_attempts + :extra_attempts
+WHERE id = :id AND status = 'running'
+RETURNING tenant_id, action
+""")
+
+FAIL_STEP = q(f"""
+UPDATE step_runs SET status = 'failed', {CLEAR_LEASE}, error = CAST(:error AS jsonb),
+  finished_at = {{NOW}}
+WHERE id = :id AND status IN ('running', 'queued')
+RETURNING step_name
+""")
+
+CANCEL_STEP = q(f"""
+UPDATE step_runs SET status = 'cancelled', {CLEAR_LEASE}, finished_at = {{NOW}}
+WHERE id = :id AND status = 'running'
+RETURNING lease_token
+""")
+
+# --- workers and leases -------------------------------------------------------------------------
+
+INSERT_WORKER = q("""
+INSERT INTO workers (id, tenant_id, name, actions, slots, heartbeat_interval_s, lease_timeout_s,
+                     registered_at, last_seen_at)
+VALUES (gen_random_uuid(), :tenant, :name, :actions, :slots, :hb, :lease, {NOW}, {NOW})
+RETURNING id, name, actions, slots, heartbeat_interval_s, lease_timeout_s
+""")
+
+# Liveness, and what the poll needs: free slots and the cancellations it must deliver.
+TOUCH_WORKER = q("""
+UPDATE workers SET last_seen_at = {NOW}
+WHERE tenant_id = :tenant AND id = :worker AND deregistered_at IS NULL
+RETURNING actions, slots, lease_timeout_s,
+  (SELECT count(*) FROM step_runs s WHERE s.worker_id = :worker AND s.status = 'running') AS busy,
+  ARRAY(SELECT s.id::text FROM step_runs s WHERE s.worker_id = :worker AND s.status = 'running'
+        AND s.cancel_requested_at IS NOT NULL) AS cancelled
+""")
+
+DEREGISTER_WORKER = q("""
+UPDATE workers SET deregistered_at = {NOW}
+WHERE tenant_id = :tenant AND id = :worker AND deregistered_at IS NULL
+RETURNING id
+""")
+
+WORKER_HELD = q("""
+SELECT id, run_id FROM step_runs WHERE worker_id = :worker AND status = 'running'
+""")
+
+# The claim: one statement locks up to :n queued step runs, leases them, writes history rows.
+CLAIM = q("""
+WITH cand AS (
+  SELECT id FROM step_runs
+  WHERE tenant_id = :tenant AND status = 'queued' AND action = ANY(:actions)
+    AND available_at <= {NOW}
+  ORDER BY available_at, id
+  LIMIT :n
+  FOR UPDATE SKIP LOCKED
+), claimed AS (
+  UPDATE step_runs s SET status = 'running', attempt = s.attempt + 1,
+    lease_token = gen_random_uuid(), worker_id = :worker,
+    lease_expires_at = {NOW} + make_interval(secs => :lease_s),
+    timeout_at = {NOW} + make_interval(secs => s.timeout_s), started_at = {NOW}
+  FROM cand WHERE s.id = cand.id AND s.status = 'queued'
+  RETURNING s.id, s.tenant_id, s.run_id, s.step_name, s.action, s.attempt, s.lease_token,
+    s.worker_id, s.started_at, s.parent_outputs, s.timeout_at, s.lease_expires_at, s.delivery,
+    s.available_at
+), hist AS (
+  INSERT INTO step_attempts (tenant_id, step_run_id, attempt, worker_id, lease_token, started_at,
+                             outcome)
+  SELECT tenant_id, id, attempt, worker_id, lease_token, started_at, 'running' FROM claimed
+), started AS (
+  UPDATE runs SET status = 'running', started_at = {NOW}
+  WHERE id IN (SELECT id FROM runs WHERE id IN (SELECT run_id FROM claimed) AND status = 'queued'
+               FOR UPDATE SKIP LOCKED)
+)
+SELECT c.id, c.run_id, r.workflow_name, r.version, c.step_name, c.action, c.attempt,
+  c.lease_token, r.input, c.parent_outputs, c.timeout_at, c.lease_expires_at, c.delivery,
+  EXTRACT(EPOCH FROM (c.started_at - c.available_at)) AS queue_latency
+FROM claimed c JOIN runs r ON r.id = c.run_id
+ORDER BY c.available_at, c.id
+""")
+
+RENEW_LEASES = q("""
+UPDATE step_runs SET lease_expires_at = {NOW} + make_interval(secs => :lease_s)
+WHERE id IN (SELECT id FROM step_runs WHERE id = ANY(CAST(:ids AS uuid[])) AND worker_id = :worker
+             AND status = 'running' AND cancel_requested_at IS NULL
+             AND lease_expires_at > {NOW}
+             ORDER BY id FOR UPDATE)
+RETURNING id::text
+""")
+
+# Cancellations are delivered by heartbeat or poll; once told, the step run is cancelled and
+# its lease revoked.
+DELIVER_CANCELLATIONS = q(f"""
+UPDATE step_runs SET status = 'cancelled', {CLEAR_LEASE}, finished_at = {{NOW}}
+WHERE id IN (SELECT id FROM step_runs WHERE id = ANY(CAST(:ids AS uuid[])) AND worker_id = :worker
+             AND status = 'running' AND cancel_requested_at IS NOT NULL
+             ORDER BY id FOR UPDATE)
+RETURNING id::text, lease_token
+""")
+
+# lease_token is cleared by the update above, so the attempt is closed by step and attempt.
+CLOSE_CANCELLED_ATTEMPTS = q("""
+UPDATE step_attempts a SET ended_at = {NOW}, outcome = 'cancelled'
+FROM step_runs s
+WHERE s.id = ANY(CAST(:ids AS uuid[])) AND a.step_run_id = s.id AND a.attempt = s.attempt
+  AND a.outcome = 'running'
+""")
+
+HEARTBEAT_LEFTOVERS = q("""
+SELECT id::text, status, worker_id::text AS worker_id,
+  (status = 'cancelled' AND worker_id = :worker
+   AND finished_at < {NOW} - make_interval(secs => :grace)) AS ignored
+FROM step_runs WHERE id = ANY(CAST(:ids AS uuid[])) AND tenant_id = :tenant
+""")
+
+# Completion: lock the run first (lock order run → step everywhere), then the guarded update.
+COMPLETE = q(f"""
+WITH lock_run AS (
+  SELECT r.id FROM runs r WHERE r.id = (SELECT run_id FROM step_runs WHERE id = :id)
+  FOR UPDATE
+)
+UPDATE step_runs s SET status = 'succeeded', output = CAST(:output AS jsonb), error = NULL,
+  {CLEAR_LEASE}, finished_at = {{NOW}}
+FROM lock_run
+WHERE s.id = :id AND s.run_id = lock_run.id AND s.tenant_id = :tenant AND s.status = 'running'
+  AND s.lease_token = :token AND s.cancel_requested_at IS NULL AND s.lease_expires_at > {{NOW}}
+RETURNING s.run_id, s.step_name, s.is_on_failure,
+  EXTRACT(EPOCH FROM ({{NOW}} - s.started_at)) AS duration
+""")
+
+LOCK_HELD_STEP = q("""
+WITH lock_run AS (
+  SELECT r.id FROM runs r WHERE r.id = (SELECT run_id FROM step_runs WHERE id = :id)
+  FOR UPDATE
+)
+SELECT s.id, s.run_id, s.tenant_id, s.step_name, s.action, s.attempt, s.max_attempts,
+  s.delivery, s.backoff, s.lease_token, s.is_on_failure, s.cancel_requested_at,
+  EXTRACT(EPOCH FROM ({NOW} - s.started_at)) AS duration
+FROM step_runs s JOIN lock_run ON lock_run.id = s.run_id
+WHERE s.id = :id AND s.tenant_id = :tenant AND s.status = 'running' AND s.lease_token = :token
+  AND s.lease_expires_at > {NOW}
+FOR UPDATE OF s
+""")
+
+DIAGNOSE = q("""
+SELECT s.status, s.attempt, s.cancel_requested_at IS NOT NULL AS cancel_requested,
+  s.lease_token::text AS current_token,
+  a.attempt AS token_attempt, a.outcome AS token_outcome,
+  (s.output IS NOT NULL AND s.output = CAST(:output AS jsonb)) AS same_output
+FROM step_runs s
+LEFT JOIN step_attempts a ON a.step_run_id = s.id AND a.lease_token = CAST(:token AS uuid)
+WHERE s.id = :id AND s.tenant_id = :tenant
+""")
+
+# --- reaper -------------------------------------------------------------------------------------
+
+REAPER_CANDIDATES = q("""
+(SELECT id, run_id, 'cancel_grace' AS kind FROM step_runs
+ WHERE status = 'running' AND cancel_requested_at IS NOT NULL
+   AND cancel_requested_at <= {NOW} - make_interval(secs => :grace) LIMIT :batch)
+UNION ALL
+(SELECT id, run_id, 'lease' FROM step_runs
+ WHERE status = 'running' AND lease_expires_at <= {NOW}
+ ORDER BY lease_expires_at LIMIT :batch)
+UNION ALL
+(SELECT id, run_id, 'timeout' FROM step_runs
+ WHERE status = 'running' AND timeout_at <= {NOW}
+ ORDER BY timeout_at LIMIT :batch)
+UNION ALL
+(SELECT id, run_id, 'schedule' FROM step_runs
+ WHERE status = 'queued' AND schedule_deadline <= {NOW}
+ ORDER BY schedule_deadline LIMIT :batch)
+""")
+
+LOCK_RUN_NOWAIT = q("SELECT id FROM runs WHERE id = :run FOR UPDATE SKIP LOCKED")
+
+REAPER_STEP = q("""
+SELECT id, run_id, tenant_id, step_name, action, status, attempt, max_attempts, delivery,
+  backoff, lease_token, worker_id, is_on_failure, cancel_requested_at,
+  (status = 'running' AND cancel_requested_at IS NOT NULL
+   AND cancel_requested_at <= {NOW} - make_interval(secs => :grace)) AS cancel_due,
+  (status = 'running' AND lease_expires_at <= {NOW}) AS lease_due,
+  (status = 'running' AND timeout_at <= {NOW}) AS timeout_due,
+  (status = 'queued' AND schedule_deadline <= {NOW}) AS schedule_due,
+  EXTRACT(EPOCH FROM ({NOW} - started_at)) AS duration
+FROM step_runs WHERE id = :id FOR UPDATE
+""")
+
+# --- metrics ------------------------------------------------------------------------------------
+
+QUEUE_DEPTH = q("""
+SELECT action, count(*) AS n FROM step_runs WHERE status = 'queued' GROUP BY action
+""")
+
+ACTIVE_WORKERS = q("""
+SELECT count(*) FROM workers WHERE deregistered_at IS NULL
+  AND last_seen_at > {NOW} - make_interval(secs => :window)
+""")
+
+NOTIFY = q("SELECT pg_notify('cairn_queue', :payload)")

@@ -1,0 +1,246 @@
+"""Runs: trigger, read, list, cancel, replay."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from db import queries as Q
+from db import transitions
+from db import workflows as wf
+from db.errors import InvalidPayload, InvalidState, NotFound
+from db.types import Attempt, Effects, Run, RunPage, StepRun
+
+
+def _steps_doc(definition: dict[str, Any]) -> str:
+    steps = [dict(s, on_failure=False) for s in definition["steps"]]
+    if "on_failure" in definition:
+        steps.append(dict(definition["on_failure"], on_failure=True))
+    doc = [
+        {
+            "name": s["name"],
+            "action": s["action"],
+            "position": i,
+            "parents": s["parents"],
+            "on_failure": s["on_failure"],
+            "root": not s["parents"] and not s["on_failure"],
+            "retries": s["retries"],
+            "delivery": s["delivery"],
+            "timeout_s": s["timeout_s"],
+            "schedule_timeout_s": s["schedule_timeout_s"],
+            "backoff": s["backoff"],
+        }
+        for i, s in enumerate(steps)
+    ]
+    return json.dumps(doc)
+
+
+def _run(row: Any, steps: tuple[StepRun, ...] | None = None) -> Run:
+    return Run(
+        id=str(row.id),
+        workflow=row.workflow_name,
+        version=row.version,
+        status=row.status,
+        input=row.input,
+        idempotency_key=row.idempotency_key,
+        error=row.error,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        steps=steps,
+    )
+
+
+async def trigger(
+    conn: AsyncConnection,
+    tenant: str,
+    workflow: str,
+    input_json: str,
+    *,
+    idempotency_key: str | None,
+    version: int | None,
+    effects: Effects,
+    now: datetime | None = None,
+) -> tuple[Run, bool]:
+    """Create a run (and its step runs) in one statement. Returns (run, created)."""
+    if idempotency_key is not None:
+        existing = (
+            await conn.execute(
+                Q.RUN_BY_IDEMPOTENCY_KEY,
+                {"tenant": tenant, "name": workflow, "idem": idempotency_key},
+            )
+        ).first()
+        if existing is not None:
+            return await get(conn, tenant, str(existing.id)), False
+    definition, workflow_id = await wf.get(conn, tenant, workflow, version)
+    row = (
+        await conn.execute(
+            Q.CREATE_RUN,
+            {
+                "tenant": tenant,
+                "workflow_id": workflow_id,
+                "name": workflow,
+                "version": definition.version,
+                "input": input_json,
+                "idem": idempotency_key,
+                "steps": _steps_doc(definition.definition),
+                "now": now,
+            },
+        )
+    ).first()
+    if row is None:  # lost an idempotency-key race to a concurrent trigger
+        existing = (
+            await conn.execute(
+                Q.RUN_BY_IDEMPOTENCY_KEY,
+                {"tenant": tenant, "name": workflow, "idem": idempotency_key},
+            )
+        ).one()
+        return await get(conn, tenant, str(existing.id)), False
+    for s in definition.definition["steps"]:
+        if not s["parents"]:
+            effects.notify.add((tenant, s["action"]))
+            effects.step_statuses["queued"] += 1
+    return await get(conn, tenant, str(row.id)), True
+
+
+async def get(conn: AsyncConnection, tenant: str, run_id: str) -> Run:
+    row = (await conn.execute(Q.GET_RUN, {"tenant": tenant, "id": run_id})).first()
+    if row is None:
+        raise NotFound(f"run {run_id} does not exist")
+    attempts: dict[str, list[Attempt]] = {}
+    for a in await conn.execute(Q.RUN_ATTEMPTS, {"run": run_id}):
+        attempts.setdefault(str(a.step_run_id), []).append(
+            Attempt(
+                attempt=a.attempt,
+                worker_id=str(a.worker_id),
+                lease_token=str(a.lease_token),
+                started_at=a.started_at,
+                ended_at=a.ended_at,
+                outcome=a.outcome,
+                error=a.error,
+            )
+        )
+    steps = tuple(
+        StepRun(
+            step_run_id=str(s.id),
+            name=s.step_name,
+            action=s.action,
+            status=s.status,
+            attempt=s.attempt,
+            max_attempts=s.max_attempts,
+            delivery=s.delivery,
+            is_on_failure=s.is_on_failure,
+            parents=tuple(s.parents),
+            output=s.output,
+            error=s.error,
+            queued_at=s.queued_at,
+            started_at=s.started_at,
+            finished_at=s.finished_at,
+            cancel_requested=s.cancel_requested_at is not None,
+            attempts=tuple(attempts.get(str(s.id), ())),
+        )
+        for s in await conn.execute(Q.RUN_STEPS, {"run": run_id})
+    )
+    return _run(row, steps)
+
+
+def _encode_cursor(created_at: datetime, run_id: str) -> str:
+    raw = f"{created_at.isoformat()}|{run_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, run_id = raw.split("|", 1)
+        return datetime.fromisoformat(stamp), run_id
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidPayload("cursor is not one this server issued") from err
+
+
+async def list_runs(
+    conn: AsyncConnection,
+    tenant: str,
+    *,
+    workflow: str | None,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+) -> RunPage:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    clauses = ["tenant_id = :tenant"]
+    params: dict[str, Any] = {"tenant": tenant, "limit": limit + 1}
+    if workflow is not None:
+        clauses.append("workflow_name = :workflow")
+        params["workflow"] = workflow
+    if status is not None:
+        clauses.append("status = :status")
+        params["status"] = status
+    if cursor is not None:
+        params["c_at"], params["c_id"] = _decode_cursor(cursor)
+        clauses.append("(created_at, id) < (:c_at, CAST(:c_id AS uuid))")
+    sql = (
+        f"SELECT {Q.RUN_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} "
+        "ORDER BY created_at DESC, id DESC LIMIT :limit"
+    )
+    rows = (await conn.execute(text(sql), params)).all()
+    page = rows[:limit]
+    next_cursor = (
+        _encode_cursor(page[-1].created_at, str(page[-1].id))
+        if len(rows) > limit and page
+        else None
+    )
+    return RunPage(runs=tuple(_run(r) for r in page), next_cursor=next_cursor)
+
+
+async def cancel(
+    conn: AsyncConnection, tenant: str, run_id: str, effects: Effects, now: datetime | None = None
+) -> Run:
+    """Cancel queued/pending step runs now; flag running ones for their holders to learn."""
+    run = (await conn.execute(Q.LOCK_RUN, {"tenant": tenant, "id": run_id})).first()
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    if run.status in ("succeeded", "failed"):
+        raise InvalidState(f"run {run_id} already {run.status}; nothing to cancel")
+    if run.status != "cancelled":
+        await conn.execute(Q.CANCEL_RUN, {"tenant": tenant, "id": run_id, "now": now})
+        effects.run_statuses["cancelled"] += 1
+        for (status,) in await conn.execute(Q.CANCEL_OPEN_STEPS, {"run": run_id, "now": now}):
+            if status == "cancelled":
+                effects.step_statuses["cancelled"] += 1
+    return await get(conn, tenant, run_id)
+
+
+async def replay(
+    conn: AsyncConnection, tenant: str, run_id: str, effects: Effects, now: datetime | None = None
+) -> Run:
+    """Re-queue the failed/cancelled steps and what depends on them; keep succeeded outputs."""
+    run = (await conn.execute(Q.LOCK_RUN, {"tenant": tenant, "id": run_id})).first()
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    if run.status not in ("failed", "cancelled"):
+        raise InvalidState(f"run {run_id} is {run.status}; only failed or cancelled runs replay")
+    # Steps still running under a cancel flag are finished as cancelled first.
+    flagged = await conn.execute(
+        text(
+            "SELECT id, run_id, lease_token FROM step_runs WHERE run_id = :run "
+            "AND status = 'running' FOR UPDATE"
+        ),
+        {"run": run_id},
+    )
+    for step in flagged.all():
+        await transitions.cancel_running(conn, step, effects, now)
+    definition, _ = await wf.get(conn, tenant, run.workflow_name, run.version)
+    retries = {s["name"]: s["retries"] for s in definition.definition["steps"]}
+    if "on_failure" in definition.definition:
+        handler = definition.definition["on_failure"]
+        retries[handler["name"]] = handler["retries"]
+    await conn.execute(Q.REPLAY_RESET_STEPS, {"run": run_id, "retries": json.dumps(retries)})
+    await conn.execute(Q.REPLAY_START_RUN, {"run": run_id, "now": now})
+    await transitions.promote_children(conn, run_id, None, effects, now)
+    return await get(conn, tenant, run_id)

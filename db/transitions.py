@@ -1,0 +1,213 @@
+"""State transitions shared by completion, failure, cancellation and the reaper.
+
+Every function here runs inside a transaction that already holds the run's row lock.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from db import queries as Q
+from db.types import Effects
+
+
+def backoff_delay(
+    backoff: dict[str, Any], attempt: int, *, rng: random.Random | None = None
+) -> float:
+    """Exponential backoff with jitter for the retry after ``attempt`` failed."""
+    base = float(backoff.get("initial_s", 1.0)) * float(backoff.get("factor", 2.0)) ** max(
+        attempt - 1, 0
+    )
+    delay = min(base, float(backoff.get("max_s", 60.0)))
+    jitter = float(backoff.get("jitter", 0.0))
+    if jitter > 0:
+        delay *= 1 + jitter * ((rng or random).random() * 2 - 1)
+    return max(delay, 0.0)
+
+
+def dump_error(error: dict[str, Any] | None) -> str | None:
+    return None if error is None else json.dumps(error, ensure_ascii=False)
+
+
+async def close_attempt(
+    conn: AsyncConnection,
+    token: str,
+    outcome: str,
+    error: dict[str, Any] | None,
+    now: datetime | None,
+) -> None:
+    await conn.execute(
+        Q.CLOSE_ATTEMPT,
+        {"token": token, "outcome": outcome, "error": dump_error(error), "now": now},
+    )
+
+
+async def notify(conn: AsyncConnection, effects: Effects) -> None:
+    """Wake long-polls for the actions this transaction queued (delivered at commit)."""
+    for tenant, action in sorted(effects.notify):
+        await conn.execute(Q.NOTIFY, {"payload": f"{tenant}:{action}"})
+
+
+async def promote_children(
+    conn: AsyncConnection, run_id: str, parent: str | None, effects: Effects, now: datetime | None
+) -> None:
+    rows = await conn.execute(Q.PROMOTE_READY, {"run": run_id, "parent": parent, "now": now})
+    for tenant, action in rows:
+        effects.notify.add((str(tenant), action))
+        effects.step_statuses["queued"] += 1
+
+
+async def settle_run(
+    conn: AsyncConnection, run_id: str, effects: Effects, now: datetime | None
+) -> None:
+    """Finish the run if none of its steps is left open."""
+    row = (await conn.execute(Q.SETTLE_RUN, {"run": run_id, "now": now})).first()
+    if row is not None:
+        effects.run_statuses[row.status] += 1
+        await conn.execute(Q.SKIP_UNUSED_ON_FAILURE, {"run": run_id, "now": now})
+
+
+async def after_success(
+    conn: AsyncConnection,
+    run_id: str,
+    step_name: str,
+    is_on_failure: bool,
+    effects: Effects,
+    now: datetime | None,
+) -> None:
+    if not is_on_failure:
+        await promote_children(conn, run_id, step_name, effects, now)
+    await settle_run(conn, run_id, effects, now)
+
+
+async def after_permanent_failure(
+    conn: AsyncConnection,
+    run_id: str,
+    step_name: str,
+    is_on_failure: bool,
+    error: dict[str, Any],
+    attempt: int,
+    effects: Effects,
+    now: datetime | None,
+) -> None:
+    """A step failed for good: skip what depends on it, start on_failure, settle the run."""
+    if not is_on_failure:
+        skipped = (
+            await conn.execute(Q.SKIP_DESCENDANTS, {"run": run_id, "step": step_name, "now": now})
+        ).all()
+        effects.step_statuses["skipped"] += len(skipped)
+        details = {"failed_step": step_name, "error": error, "attempt": attempt}
+        rows = await conn.execute(
+            Q.QUEUE_ON_FAILURE, {"run": run_id, "details": json.dumps(details), "now": now}
+        )
+        for tenant, action in rows:
+            effects.notify.add((str(tenant), action))
+    await settle_run(conn, run_id, effects, now)
+
+
+async def fail_attempt(
+    conn: AsyncConnection,
+    step: Any,
+    *,
+    error: dict[str, Any],
+    outcome: str,
+    retryable: bool,
+    effects: Effects,
+    now: datetime | None,
+    retry_after_s: float | None = None,
+    reexecution_safe: bool = True,
+) -> str:
+    """End the current attempt of a running step run as a failure; retry it or fail it for good.
+
+    ``step`` is a row holding id, run_id, step_name, attempt, max_attempts, delivery, backoff,
+    lease_token, is_on_failure and duration. ``reexecution_safe`` is False when the attempt may
+    have had effects the worker did not report (lease loss, timeout): an ``at_most_once`` step is
+    then never re-run. Returns the step run's new status.
+    """
+    await close_attempt(conn, str(step.lease_token), outcome, error, now)
+    if step.duration is not None:
+        effects.step_durations.append(float(step.duration))
+    at_most_once = step.delivery == "at_most_once"
+    can_retry = retryable and step.attempt < step.max_attempts
+    if can_retry and not (at_most_once and not reexecution_safe):
+        delay = (
+            retry_after_s
+            if retry_after_s is not None
+            else backoff_delay(step.backoff, step.attempt)
+        )
+        rows = (
+            await conn.execute(
+                Q.REQUEUE_STEP,
+                {
+                    "id": step.id,
+                    "error": dump_error(error),
+                    "delay": delay,
+                    "extra_attempts": 0,
+                    "now": now,
+                },
+            )
+        ).all()
+        for tenant, action in rows:
+            if delay <= 0:
+                effects.notify.add((str(tenant), action))
+        effects.retries += 1
+        effects.step_statuses["queued"] += 1
+        return "queued"
+    await conn.execute(Q.FAIL_STEP, {"id": step.id, "error": dump_error(error), "now": now})
+    effects.step_statuses["failed"] += 1
+    await after_permanent_failure(
+        conn,
+        str(step.run_id),
+        step.step_name,
+        step.is_on_failure,
+        error,
+        step.attempt,
+        effects,
+        now,
+    )
+    return "failed"
+
+
+async def cancel_running(
+    conn: AsyncConnection, step: Any, effects: Effects, now: datetime | None
+) -> None:
+    """Revoke the lease of a running step run whose run was cancelled."""
+    await close_attempt(conn, str(step.lease_token), "cancelled", None, now)
+    await conn.execute(Q.CANCEL_STEP, {"id": step.id, "now": now})
+    effects.step_statuses["cancelled"] += 1
+    await settle_run(conn, str(step.run_id), effects, now)
+
+
+async def release_running(
+    conn: AsyncConnection, step: Any, effects: Effects, now: datetime | None
+) -> None:
+    """A worker gave a running step run back unfinished (graceful shutdown, deregistration)."""
+    if step.cancel_requested_at is not None:
+        await cancel_running(conn, step, effects, now)
+        return
+    if step.delivery == "at_most_once":
+        await fail_attempt(
+            conn,
+            step,
+            error={"type": "lease_lost", "message": "the worker released the step unfinished"},
+            outcome="released",
+            retryable=False,
+            effects=effects,
+            now=now,
+        )
+        return
+    await close_attempt(conn, str(step.lease_token), "released", None, now)
+    rows = (
+        await conn.execute(
+            Q.REQUEUE_STEP,
+            {"id": step.id, "error": None, "delay": 0, "extra_attempts": 1, "now": now},
+        )
+    ).all()
+    for tenant, action in rows:
+        effects.notify.add((str(tenant), action))
+    effects.step_statuses["queued"] += 1

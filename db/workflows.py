@@ -1,0 +1,77 @@
+"""Workflow registration and lookup."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from db import queries as Q
+from db.definitions import normalize
+from db.errors import NotFound
+from db.payloads import canonical_hash
+from db.types import Workflow
+
+
+def _workflow(row: Any, versions: tuple[int, ...] = ()) -> Workflow:
+    return Workflow(
+        name=row.name,
+        version=row.version,
+        definition=row.definition,
+        created_at=row.created_at,
+        versions=versions,
+    )
+
+
+async def register(
+    conn: AsyncConnection, tenant: str, name: str, raw: Any, *, max_steps: int
+) -> tuple[Workflow, bool]:
+    """Register a definition. Returns (workflow, created); identical to the latest → not created."""
+    definition = normalize(name, raw, max_steps=max_steps)
+    digest = canonical_hash(definition)
+    await conn.execute(Q.LOCK_WORKFLOW_NAME, {"tenant": tenant, "name": name})
+    latest = (await conn.execute(Q.LATEST_WORKFLOW, {"tenant": tenant, "name": name})).first()
+    if latest is not None and latest.definition_hash == digest:
+        return _workflow(latest), False
+    version = 1 if latest is None else latest.version + 1
+    row = (
+        await conn.execute(
+            Q.INSERT_WORKFLOW,
+            {
+                "tenant": tenant,
+                "name": name,
+                "version": version,
+                "definition": json.dumps(definition),
+                "hash": digest,
+                "now": None,
+            },
+        )
+    ).one()
+    return _workflow(row), True
+
+
+async def get(
+    conn: AsyncConnection, tenant: str, name: str, version: int | None = None
+) -> tuple[Workflow, int]:
+    """The latest (or given) version and its row id."""
+    if version is None:
+        row = (await conn.execute(Q.LATEST_WORKFLOW, {"tenant": tenant, "name": name})).first()
+    else:
+        row = (
+            await conn.execute(
+                Q.WORKFLOW_VERSION, {"tenant": tenant, "name": name, "version": version}
+            )
+        ).first()
+    if row is None:
+        what = f"workflow {name!r}" + ("" if version is None else f" version {version}")
+        raise NotFound(f"{what} is not registered")
+    versions = tuple(
+        v for (v,) in await conn.execute(Q.WORKFLOW_VERSIONS, {"tenant": tenant, "name": name})
+    )
+    return _workflow(row, versions), int(row.id)
+
+
+async def list_latest(conn: AsyncConnection, tenant: str) -> list[Workflow]:
+    rows = await conn.execute(Q.LIST_WORKFLOWS, {"tenant": tenant})
+    return [_workflow(r) for r in rows]

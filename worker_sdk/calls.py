@@ -1,0 +1,127 @@
+"""The REST endpoints of the Cairn server as plain request descriptions (no I/O here)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from worker_sdk.outcome import Outcome, encode_json
+
+PREFIX = "/api/v1"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request: method, path (under the base URL), JSON body bytes, query parameters."""
+
+    method: str
+    path: str
+    body: bytes | None = None
+    params: Mapping[str, Any] | None = None
+    idempotent: bool = True  # safe to resend after an ambiguous failure
+
+
+def _seg(value: str) -> str:
+    return quote(str(value), safe="")
+
+
+def _json(value: Any) -> bytes:
+    return encode_json(value)
+
+
+def put_workflow(name: str, definition: Mapping[str, Any]) -> Call:
+    return Call("PUT", f"{PREFIX}/workflows/{_seg(name)}", _json(dict(definition)))
+
+
+def list_workflows() -> Call:
+    return Call("GET", f"{PREFIX}/workflows")
+
+
+def get_workflow(name: str) -> Call:
+    return Call("GET", f"{PREFIX}/workflows/{_seg(name)}")
+
+
+def trigger(
+    name: str,
+    input: Any = None,
+    *,
+    idempotency_key: str | None = None,
+    version: int | None = None,
+) -> Call:
+    body: dict[str, Any] = {}
+    if input is not None:
+        body["input"] = input
+    if idempotency_key is not None:
+        body["idempotency_key"] = idempotency_key
+    if version is not None:
+        body["version"] = version
+    # Without an idempotency key a resent trigger could start the run twice.
+    return Call(
+        "POST",
+        f"{PREFIX}/workflows/{_seg(name)}/runs",
+        _json(body),
+        idempotent=idempotency_key is not None,
+    )
+
+
+def get_run(run_id: str) -> Call:
+    return Call("GET", f"{PREFIX}/runs/{_seg(run_id)}")
+
+
+def list_runs(
+    *,
+    workflow: str | None = None,
+    status: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> Call:
+    params = {"workflow": workflow, "status": status, "limit": limit, "cursor": cursor}
+    return Call("GET", f"{PREFIX}/runs", params={k: v for k, v in params.items() if v is not None})
+
+
+def cancel_run(run_id: str) -> Call:
+    return Call("POST", f"{PREFIX}/runs/{_seg(run_id)}/cancel")
+
+
+def replay_run(run_id: str) -> Call:
+    return Call("POST", f"{PREFIX}/runs/{_seg(run_id)}/replay", idempotent=False)
+
+
+def register_worker(
+    name: str,
+    actions: Iterable[str],
+    slots: int,
+    *,
+    heartbeat_interval_s: float | None = None,
+    lease_timeout_s: float | None = None,
+) -> Call:
+    body: dict[str, Any] = {"name": name, "actions": sorted(set(actions)), "slots": slots}
+    if heartbeat_interval_s is not None:
+        body["heartbeat_interval_s"] = heartbeat_interval_s
+    if lease_timeout_s is not None:
+        body["lease_timeout_s"] = lease_timeout_s
+    # A duplicate registration only leaves an idle worker row behind: resending is fine.
+    return Call("POST", f"{PREFIX}/workers", _json(body))
+
+
+def poll(worker_id: str, max_tasks: int, wait_s: float) -> Call:
+    body = {"max_tasks": max_tasks, "wait_s": wait_s}
+    # A lost poll answer strands its leases until they expire: only resend if never processed.
+    return Call("POST", f"{PREFIX}/workers/{_seg(worker_id)}/poll", _json(body), idempotent=False)
+
+
+def heartbeat(worker_id: str, step_run_ids: Iterable[str]) -> Call:
+    body = {"step_run_ids": list(step_run_ids)}
+    return Call("POST", f"{PREFIX}/workers/{_seg(worker_id)}/heartbeat", _json(body))
+
+
+def deregister_worker(worker_id: str) -> Call:
+    return Call("DELETE", f"{PREFIX}/workers/{_seg(worker_id)}")
+
+
+def report(step_run_id: str, lease_token: str, outcome: Outcome) -> Call:
+    """``/complete`` or ``/fail``; resending is safe (the lease token makes it idempotent)."""
+    path = f"{PREFIX}/step-runs/{_seg(step_run_id)}/{outcome.kind}"
+    return Call("POST", path, outcome.with_lease(lease_token))

@@ -1,0 +1,96 @@
+"""``python -m worker_sdk module.path:attr`` (also behind the server's ``cairn worker``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from worker_sdk.client import resolve_url
+from worker_sdk.errors import CairnError
+from worker_sdk.worker import Worker
+from worker_sdk.workflow import Workflow
+
+log = logging.getLogger("cairn.worker")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker_sdk",
+        description="Run a Cairn worker for the workflows (or Worker) at module.path:attr.",
+    )
+    parser.add_argument("target", help="module.path:attr naming a Worker, Workflow or list")
+    parser.add_argument("--url", default=None, help="server URL (default $CAIRN_URL or local)")
+    parser.add_argument("--slots", type=int, default=None, help="concurrent steps (default 4)")
+    parser.add_argument("--name", default=None, help="worker name (default host-pid)")
+    parser.add_argument("--token", default=None, help="API token (default $CAIRN_TOKEN)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default INFO)",
+    )
+    return parser
+
+
+def load_target(spec: str) -> Any:
+    """Import ``module.path:attr`` (dots in ``attr`` walk attributes)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CairnError(f"target {spec!r} must look like module.path:attr")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the current directory is importable
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CairnError(f"{module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def build_worker(target: Any, args: argparse.Namespace) -> Worker:
+    if isinstance(target, Worker):
+        ignored = [f"--{k}" for k in ("url", "slots", "name", "token") if getattr(args, k)]
+        if ignored:
+            log.warning("target is a ready Worker; ignoring %s", ", ".join(ignored))
+        return target
+    if isinstance(target, Workflow):
+        workflows = [target]
+    elif (
+        isinstance(target, list | tuple) and target and all(isinstance(w, Workflow) for w in target)
+    ):
+        workflows = list(target)
+    else:
+        raise CairnError(f"target must be a Worker, a Workflow or a list of them, not {target!r}")
+    return Worker(
+        resolve_url(args.url),
+        workflows=workflows,
+        slots=args.slots if args.slots is not None else 4,
+        name=args.name,
+        token=args.token or os.environ.get("CAIRN_TOKEN") or None,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=args.log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    try:
+        worker = build_worker(load_target(args.target), args)
+        worker.run()
+    except CairnError as exc:
+        log.error("%s", exc)
+        return 1
+    except ImportError as exc:
+        log.error("cannot import %s: %s", args.target, exc)
+        return 1
+    return 0

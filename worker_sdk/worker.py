@@ -1,0 +1,424 @@
+"""``Worker``: registers workflows, long-polls for tasks, runs steps, reports their outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from worker_sdk import calls, outcome
+from worker_sdk.client import build_headers, resolve_url
+from worker_sdk.context import Context, Task
+from worker_sdk.errors import APIError, CairnError, DefinitionError, HTTPError
+from worker_sdk.heartbeat import Heartbeater, Registration
+from worker_sdk.outcome import Outcome
+from worker_sdk.transport import RetryPolicy, asend, send
+from worker_sdk.workflow import StepSpec, Workflow
+
+log = logging.getLogger("cairn.worker")
+
+POLL_HTTP_MARGIN_S = 10.0
+MIN_EMPTY_POLL_S = 0.1  # never re-poll faster than this after an empty answer
+
+
+@dataclass
+class _Held:
+    task: Task
+    ctx: Context
+    spec: StepSpec | None
+    future: asyncio.Task[None] | None = None
+    dropped: bool = False  # cancelled/lost/shutdown: never report
+
+
+def _call_sync(spec: StepSpec, ctx: Context) -> Outcome:
+    """Run a sync step in an executor thread; never raises."""
+    try:
+        value = spec.fn(ctx)
+    except BaseException as exc:  # SystemExit in a step must not kill the worker
+        ctx.log.warning("step raised %s", type(exc).__name__, exc_info=exc)
+        return outcome.from_exception(exc)
+    return outcome.from_result(value)
+
+
+def action_table(workflows: Iterable[Workflow]) -> dict[str, tuple[Workflow, StepSpec]]:
+    """Map every action to its workflow and step; reject one action with two functions."""
+    table: dict[str, tuple[Workflow, StepSpec]] = {}
+    names: set[str] = set()
+    for wf in workflows:
+        if wf.name in names:
+            raise DefinitionError(f"workflow {wf.name!r} is given twice")
+        names.add(wf.name)
+        wf.validate()
+        for spec in wf.all_steps():
+            known = table.setdefault(spec.action, (wf, spec))
+            if known[1].fn is not spec.fn:
+                raise DefinitionError(
+                    f"action {spec.action!r} is bound to two functions "
+                    f"({known[0].name}.{known[1].name} and {wf.name}.{spec.name})"
+                )
+    if not table:
+        raise DefinitionError("a worker needs at least one workflow with steps")
+    return table
+
+
+class Worker:
+    """Runs the steps of ``workflows``; ``run()`` blocks until SIGTERM/SIGINT or ``stop()``."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        workflows: Iterable[Workflow],
+        slots: int = 4,
+        name: str | None = None,
+        heartbeat_interval_s: float | None = None,
+        lease_timeout_s: float | None = None,
+        poll_wait_s: float = 30.0,
+        shutdown_grace_s: float = 30.0,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise CairnError("slots must be an integer >= 1")
+        self.workflows = list(workflows)
+        self._actions = action_table(self.workflows)
+        self.url = resolve_url(url)
+        self.slots = slots
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.poll_wait_s = poll_wait_s
+        self.shutdown_grace_s = shutdown_grace_s
+        self._wanted_heartbeat = heartbeat_interval_s
+        self._wanted_lease = lease_timeout_s
+        self._headers = build_headers(headers, token)
+        self._transport = transport
+        self._async_transport = async_transport
+        self._lock = threading.Lock()  # guards _held and the stop flags
+        self._held: dict[str, _Held] = {}
+        self._busy = 0  # steps running or reporting (loop thread only)
+        self._stop_requested = False
+        self._force = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._force_event: asyncio.Event | None = None
+        self._slot_freed: asyncio.Event | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._ahttp: httpx.AsyncClient | None = None
+        self.registration: Registration | None = None
+
+    @property
+    def actions(self) -> list[str]:
+        return sorted(self._actions)
+
+    @property
+    def worker_id(self) -> str | None:
+        return self.registration.worker_id if self.registration else None
+
+    # ----------------------------------------------------------------- lifecycle
+    def run(self) -> None:
+        """Block until stopped; on the main thread SIGTERM/SIGINT stop the worker gracefully
+        (a second signal skips the grace period)."""
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            asyncio.run(self.arun())
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        self.stop()
+
+    def stop(self) -> None:
+        """Ask the worker to stop (thread-safe). Calling it twice skips the grace period."""
+        with self._lock:
+            self._force = self._stop_requested
+            self._stop_requested = True
+            loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(self._signal_stop)
+
+    def _signal_stop(self) -> None:
+        if self._stop_event is not None:
+            self._stop_event.set()
+        if self._force and self._force_event is not None:
+            self._force_event.set()
+
+    def _stopping(self) -> bool:
+        with self._lock:
+            return self._stop_requested
+
+    async def arun(self) -> None:
+        """Run until ``stop()``: register, poll, execute, heartbeat, then shut down gracefully."""
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._force_event = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._signal_stop()  # stop() may have been called before we started
+        control = httpx.Client(
+            base_url=self.url, headers=self._headers, timeout=30.0, transport=self._transport
+        )
+        beat_http = httpx.Client(
+            base_url=self.url, headers=self._headers, timeout=30.0, transport=self._transport
+        )
+        self._ahttp = httpx.AsyncClient(
+            base_url=self.url,
+            headers=self._headers,
+            timeout=self.poll_wait_s + POLL_HTTP_MARGIN_S,
+            transport=self._async_transport,
+        )
+        self._executor = ThreadPoolExecutor(self.slots, thread_name_prefix="cairn-step")
+        self.registration = reg = Registration(
+            control,
+            name=self.name,
+            actions=self._actions,
+            slots=self.slots,
+            heartbeat_interval_s=self._wanted_heartbeat,
+            lease_timeout_s=self._wanted_lease,
+        )
+        heart = Heartbeater(beat_http, reg, held_ids=self._held_ids, on_revoked=self._revoke)
+        try:
+            await asyncio.to_thread(self._start_up, control, reg)
+            if self._stopping():
+                return
+            heart.start()
+            await self._serve()
+        finally:
+            heart.stop()
+            await asyncio.to_thread(reg.deregister)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            await self._ahttp.aclose()
+            control.close()
+            beat_http.close()
+            log.info("worker %s stopped", self.name)
+
+    def _start_up(self, control: httpx.Client, reg: Registration) -> None:
+        policy = RetryPolicy(deadline_s=60.0, max_delay_s=5.0)
+        for wf in self.workflows:
+            call = calls.put_workflow(wf.name, wf.definition())
+            body = send(control, call, policy=policy, give_up=self._stopping).json()
+            log.info("workflow %s is at version %s", wf.name, body.get("version"))
+        reg.register(give_up=self._stopping)
+
+    async def _serve(self) -> None:
+        assert self._stop_event is not None
+        poller = asyncio.create_task(self._poll_loop(), name="cairn-poll")
+        stopper = asyncio.create_task(self._stop_event.wait())
+        try:
+            await asyncio.wait({poller, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            poller.cancel()
+            stopper.cancel()
+            await asyncio.gather(poller, stopper, return_exceptions=True)
+            await self._drain()
+        if poller.done() and not poller.cancelled() and poller.exception() is not None:
+            raise poller.exception()  # type: ignore[misc]
+
+    async def _drain(self) -> None:
+        """Let running steps finish (and report) within the grace period; cancel the rest."""
+        assert self._force_event is not None
+        running = {h.future for h in self._all_held() if h.future is not None}
+        if running:
+            log.info("waiting up to %.3gs for %d step(s)", self.shutdown_grace_s, len(running))
+        deadline = time.monotonic() + self.shutdown_grace_s
+        force = asyncio.create_task(self._force_event.wait())
+        try:
+            while running and not self._force_event.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await asyncio.wait(
+                    {*running, force}, timeout=remaining, return_when="FIRST_COMPLETED"
+                )
+                running = {f for f in running if not f.done()}
+        finally:
+            force.cancel()
+        leftovers = [h for h in self._all_held() if h.future is not None and not h.future.done()]
+        for held in leftovers:
+            log.warning("abandoning step run %s at shutdown", held.task.step_run_id)
+            self._drop(held, "shutdown")
+            assert held.future is not None
+            held.future.cancel()
+        await asyncio.gather(*(h.future for h in leftovers if h.future), return_exceptions=True)
+
+    # ----------------------------------------------------------------- polling
+    async def _poll_loop(self) -> None:
+        assert self._ahttp is not None and self._slot_freed is not None
+        assert self.registration is not None
+        failures = 0
+        while not self._stopping():
+            free = self.slots - self._busy
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            worker_id = self.registration.worker_id
+            assert worker_id is not None
+            started = time.monotonic()
+            try:
+                response = await asend(
+                    self._ahttp,
+                    calls.poll(worker_id, free, self.poll_wait_s),
+                    timeout=self.poll_wait_s + POLL_HTTP_MARGIN_S,
+                    policy=RetryPolicy(deadline_s=30.0, max_delay_s=5.0),
+                    give_up=self._stopping,
+                )
+                body = response.json()
+            except (APIError, HTTPError, ValueError) as exc:
+                failures += 1
+                await self._poll_failed(worker_id, exc, failures)
+                continue
+            failures = 0
+            for step_run_id in body.get("cancelled") or []:
+                self._revoke(str(step_run_id), "cancelled")
+            tasks = body.get("tasks") or []
+            if len(tasks) > free:
+                log.warning("server sent %d tasks for %d free slot(s)", len(tasks), free)
+            for raw in tasks:
+                self._start(raw)
+            if not tasks and not body.get("cancelled"):
+                await asyncio.sleep(max(MIN_EMPTY_POLL_S - (time.monotonic() - started), 0))
+
+    async def _poll_failed(self, worker_id: str, exc: Exception, failures: int) -> None:
+        assert self.registration is not None
+        if isinstance(exc, APIError) and exc.status == 404:
+            try:
+                await asyncio.to_thread(self.registration.reregister, worker_id, self._stopping)
+                return
+            except CairnError as again:
+                exc = again
+        level = logging.ERROR if isinstance(exc, APIError) and exc.status < 500 else logging.WARNING
+        delay = RetryPolicy(initial_s=0.5, max_delay_s=15.0).backoff(min(failures - 1, 10))
+        log.log(level, "poll failed (%s); retrying in %.2fs", exc, delay)
+        await self._sleep_unless_stopping(delay)
+
+    async def _sleep_unless_stopping(self, delay: float) -> None:
+        assert self._stop_event is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), timeout=delay)
+
+    # ----------------------------------------------------------------- running steps
+    def _start(self, raw: Any) -> None:
+        try:
+            task = Task.model_validate(raw)
+        except ValidationError as exc:
+            log.error("ignoring malformed task %r: %s", raw, exc)
+            return
+        wf_spec = self._actions.get(task.action)
+        resolve = wf_spec[0].step_name if wf_spec else None
+        held = _Held(task, Context(task, resolve_step=resolve), wf_spec[1] if wf_spec else None)
+        with self._lock:
+            self._held[task.step_run_id] = held
+        self._busy += 1
+        held.future = asyncio.create_task(self._execute(held), name=f"cairn-{task.step_run_id}")
+
+    async def _execute(self, held: _Held) -> None:
+        try:
+            result = await self._run_step(held)
+            if held.dropped:
+                held.ctx.log.info("result dropped (%s)", held.ctx.cancel_reason)
+                return
+            await self._report(held, result)
+        finally:
+            with self._lock:
+                self._held.pop(held.task.step_run_id, None)
+            self._busy -= 1
+            if self._slot_freed is not None:
+                self._slot_freed.set()
+
+    async def _run_step(self, held: _Held) -> Outcome:
+        spec, ctx = held.spec, held.ctx
+        if spec is None:
+            msg = f"this worker has no step for action {held.task.action!r}"
+            return outcome.fail("ActionNotRegistered", msg, retryable=True)
+        ctx.log.debug("starting")
+        if not spec.is_async:
+            assert self._executor is not None
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, _call_sync, spec, ctx)
+        try:
+            value = await spec.fn(ctx)
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if held.dropped or (current is not None and current.cancelling()):
+                raise
+            return outcome.from_exception(exc)  # raised by the step's own code
+        except Exception as exc:
+            ctx.log.warning("step raised %s", type(exc).__name__, exc_info=exc)
+            return outcome.from_exception(exc)
+        return outcome.from_result(value)
+
+    async def _report(self, held: _Held, result: Outcome) -> None:
+        assert self._ahttp is not None and self.registration is not None
+        task = held.task
+        try:
+            await asend(
+                self._ahttp,
+                calls.report(task.step_run_id, task.lease_token, result),
+                timeout=30.0,
+                policy=RetryPolicy(deadline_s=self.registration.lease_timeout_s, max_delay_s=5.0),
+                give_up=lambda: held.dropped,
+            )
+        except APIError as exc:
+            if exc.status == 409:
+                held.ctx.log.warning("%s not accepted, dropped: %s", result.kind, exc)
+            elif exc.status in (413, 422) and result.kind == "complete":
+                held.ctx.log.error("server rejected the step output: %s", exc)
+                rejected = outcome.fail("OutputRejected", str(exc), retryable=False)
+                await self._report(held, rejected)
+            else:
+                held.ctx.log.error("could not report %s: %s", result.kind, exc)
+            return
+        except HTTPError as exc:
+            held.ctx.log.error("could not report %s, the lease will expire: %s", result.kind, exc)
+            return
+        held.ctx.log.info("%s reported", "success" if result.kind == "complete" else "failure")
+
+    # ----------------------------------------------------------------- cancellation
+    def _held_ids(self) -> list[str]:
+        with self._lock:
+            return [k for k, h in self._held.items() if not h.dropped]
+
+    def _all_held(self) -> list[_Held]:
+        with self._lock:
+            return list(self._held.values())
+
+    def _drop(self, held: _Held, reason: str) -> None:
+        with self._lock:
+            held.dropped = True
+        held.ctx.mark_cancelled(reason)
+
+    def _revoke(self, step_run_id: str, reason: str) -> None:
+        """The server took the step back ("cancelled" or "lost"); callable from any thread."""
+        with self._lock:
+            held = self._held.get(step_run_id)
+        if held is None or held.dropped:
+            return
+        self._drop(held, reason)
+        held.ctx.log.warning("stopping step: %s", reason)
+        if held.spec is not None and held.spec.is_async and self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._cancel_future, held)
+
+    @staticmethod
+    def _cancel_future(held: _Held) -> None:
+        if held.future is not None and not held.future.done():
+            held.future.cancel()
