@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from worker_sdk import calls, outcome
 from worker_sdk.client import build_headers, resolve_url
 from worker_sdk.context import Context, Task
-from worker_sdk.errors import APIError, CairnError, DefinitionError, HTTPError
+from worker_sdk.errors import APIError, CairnError, HTTPError
+from worker_sdk.execution import action_table, run_step
 from worker_sdk.heartbeat import Heartbeater, Registration
 from worker_sdk.outcome import Outcome
 from worker_sdk.transport import RetryPolicy, asend, send
@@ -41,37 +42,6 @@ class _Held:
     spec: StepSpec | None
     future: asyncio.Task[None] | None = None
     dropped: bool = False  # cancelled/lost/shutdown: never report
-
-
-def _call_sync(spec: StepSpec, ctx: Context) -> Outcome:
-    """Run a sync step in an executor thread; never raises."""
-    try:
-        value = spec.fn(ctx)
-    except BaseException as exc:  # SystemExit in a step must not kill the worker
-        ctx.log.warning("step raised %s", type(exc).__name__, exc_info=exc)
-        return outcome.from_exception(exc)
-    return outcome.from_result(value)
-
-
-def action_table(workflows: Iterable[Workflow]) -> dict[str, tuple[Workflow, StepSpec]]:
-    """Map every action to its workflow and step; reject one action with two functions."""
-    table: dict[str, tuple[Workflow, StepSpec]] = {}
-    names: set[str] = set()
-    for wf in workflows:
-        if wf.name in names:
-            raise DefinitionError(f"workflow {wf.name!r} is given twice")
-        names.add(wf.name)
-        wf.validate()
-        for spec in wf.all_steps():
-            known = table.setdefault(spec.action, (wf, spec))
-            if known[1].fn is not spec.fn:
-                raise DefinitionError(
-                    f"action {spec.action!r} is bound to two functions "
-                    f"({known[0].name}.{known[1].name} and {wf.name}.{spec.name})"
-                )
-    if not table:
-        raise DefinitionError("a worker needs at least one workflow with steps")
-    return table
 
 
 class Worker:
@@ -157,9 +127,11 @@ class Worker:
                 loop.call_soon_threadsafe(self._signal_stop)
 
     def _signal_stop(self) -> None:
-        if self._stop_event is not None:
+        with self._lock:
+            stop, force = self._stop_requested, self._force
+        if stop and self._stop_event is not None:
             self._stop_event.set()
-        if self._force and self._force_event is not None:
+        if force and self._force_event is not None:
             self._force_event.set()
 
     def _stopping(self) -> bool:
@@ -196,6 +168,8 @@ class Worker:
         )
         heart = Heartbeater(beat_http, reg, held_ids=self._held_ids, on_revoked=self._revoke)
         try:
+            if self._stopping():
+                return
             await asyncio.to_thread(self._start_up, control, reg)
             if self._stopping():
                 return
@@ -229,8 +203,9 @@ class Worker:
             stopper.cancel()
             await asyncio.gather(poller, stopper, return_exceptions=True)
             await self._drain()
-        if poller.done() and not poller.cancelled() and poller.exception() is not None:
-            raise poller.exception()  # type: ignore[misc]
+        failure = poller.exception() if poller.done() and not poller.cancelled() else None
+        if failure is not None:
+            raise failure
 
     async def _drain(self) -> None:
         """Let running steps finish (and report) within the grace period; cancel the rest."""
@@ -246,7 +221,7 @@ class Worker:
                 if remaining <= 0:
                     break
                 await asyncio.wait(
-                    {*running, force}, timeout=remaining, return_when="FIRST_COMPLETED"
+                    {*running, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
                 running = {f for f in running if not f.done()}
         finally:
@@ -345,26 +320,8 @@ class Worker:
                 self._slot_freed.set()
 
     async def _run_step(self, held: _Held) -> Outcome:
-        spec, ctx = held.spec, held.ctx
-        if spec is None:
-            msg = f"this worker has no step for action {held.task.action!r}"
-            return outcome.fail("ActionNotRegistered", msg, retryable=True)
-        ctx.log.debug("starting")
-        if not spec.is_async:
-            assert self._executor is not None
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, _call_sync, spec, ctx)
-        try:
-            value = await spec.fn(ctx)
-        except asyncio.CancelledError as exc:
-            current = asyncio.current_task()
-            if held.dropped or (current is not None and current.cancelling()):
-                raise
-            return outcome.from_exception(exc)  # raised by the step's own code
-        except Exception as exc:
-            ctx.log.warning("step raised %s", type(exc).__name__, exc_info=exc)
-            return outcome.from_exception(exc)
-        return outcome.from_result(value)
+        assert self._executor is not None
+        return await run_step(held.spec, held.ctx, self._executor, dropped=lambda: held.dropped)
 
     async def _report(self, held: _Held, result: Outcome) -> None:
         assert self._ahttp is not None and self.registration is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -68,15 +68,28 @@ class Api:
         return await self.json("GET", f"/runs/{run_id}")
 
     async def reap(self, *, ahead_s: float = 0.0) -> int:
-        """One reaper pass with the clock moved ``ahead_s`` seconds forward."""
-        now = await self.db_now() + timedelta(seconds=ahead_s)
+        """One reaper pass after ``ahead_s`` seconds have passed for every deadline.
+
+        Time travel is done by moving the stored deadlines back (the claim, heartbeat and
+        complete statements then see the same shifted world as the reaper).
+        """
+        if ahead_s:
+            await self.age(ahead_s)
         effects = Effects()
         n = await reaper.tick(
-            self.svc.db, grace_s=self.svc.settings.cancel_grace_s, batch=500, effects=effects,
-            now=now,
+            self.svc.db, grace_s=self.svc.settings.cancel_grace_s, batch=500, effects=effects
         )
         self.svc.metrics.record(effects)
         return n
+
+    async def age(self, seconds: float) -> None:
+        from sqlalchemy import text
+
+        cols = ["lease_expires_at", "timeout_at", "schedule_deadline", "available_at",
+                "cancel_requested_at", "finished_at", "started_at", "queued_at"]
+        sets = ", ".join(f"{c} = {c} - make_interval(secs => :s)" for c in cols)
+        async with self.svc.db.engine.begin() as conn:
+            await conn.execute(text(f"UPDATE step_runs SET {sets}"), {"s": seconds})
 
     async def db_now(self) -> datetime:
         from sqlalchemy import text

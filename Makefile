@@ -1,0 +1,36 @@
+# Cairn: `make run` starts a server on an embedded Postgres; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck openapi clean install
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/cairn serve
+
+test: $(STAMP)
+	$(BIN)/ruff check api db worker_sdk tests
+	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check api db worker_sdk tests
+	$(BIN)/ruff format --check api db worker_sdk
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+openapi: $(STAMP)
+	$(BIN)/python -m api.openapi > openapi.json
+
+clean:
+	rm -rf $(VENV) .cairn .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,128 @@
+"""Malformed requests get a 4xx problem+json and change nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.integration.conftest import Api
+
+
+def _problem(r: object, status: int) -> dict[str, object]:
+    import httpx
+
+    assert isinstance(r, httpx.Response)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["status"] == status and body["code"] and body["title"] and "detail" in body
+    return dict(body)
+
+
+@pytest.mark.parametrize(
+    ("steps", "needle"),
+    [
+        ([{"name": "a", "parents": ["b"]}, {"name": "b", "parents": ["a"]}], "cycle"),
+        ([{"name": "a", "parents": ["a"]}], "cycle"),
+        ([{"name": "a", "parents": ["zz"]}], "unknown parent"),
+        ([{"name": "a"}, {"name": "a"}], "duplicate"),
+        ([{"name": "Bad Name"}], "must match"),
+        ([], "steps"),
+        ([{"name": "a", "retries": -1}], "retries"),
+        ([{"name": "a", "delivery": "sometimes"}], "delivery"),
+    ],
+)
+async def test_invalid_definitions_are_422_naming_the_offence(
+    api: Api, steps: list[object], needle: str
+) -> None:
+    r = await api.call("PUT", "/workflows/bad", json={"steps": steps})
+    body = _problem(r, 422)
+    assert needle in str(body).lower()
+    await api.call("GET", "/workflows/bad", 404)
+
+
+async def test_too_many_steps(api: Api) -> None:
+    steps = [{"name": f"s{i}"} for i in range(257)]
+    body = _problem(await api.call("PUT", "/workflows/big", json={"steps": steps}), 422)
+    assert "256" in str(body["detail"])
+
+
+async def test_malformed_json_and_wrong_types(api: Api) -> None:
+    await api.register("w", [{"name": "s"}])
+    headers = {"content-type": "application/json"}
+    _problem(await api.call("POST", "/workflows/w/runs", content=b"{not json", headers=headers), 400)
+    _problem(await api.call("POST", "/workflows/w/runs", content=b"\xff\xfe\x00", headers=headers),
+             400)
+    _problem(await api.call("POST", "/workflows/w/runs", json={"input": 1, "version": "x"}), 422)
+    _problem(await api.call("POST", "/workers", json={"name": "w", "actions": "x", "slots": -1}),
+             422)
+    assert (await api.json("GET", "/runs"))["runs"] == []
+
+
+async def test_unknown_ids(api: Api) -> None:
+    rid = uuid.uuid4()
+    _problem(await api.call("GET", f"/runs/{rid}"), 404)
+    _problem(await api.call("GET", "/runs/not-a-uuid"), 422)
+    _problem(await api.call("POST", f"/runs/{rid}/cancel"), 404)
+    _problem(await api.call("POST", "/workflows/nope/runs", json={}), 404)
+    body = {"lease_token": str(uuid.uuid4()), "output": 1}
+    _problem(await api.call("POST", f"/step-runs/{rid}/complete", json=body), 404)
+    _problem(await api.call("POST", f"/workers/{rid}/heartbeat", json={"step_run_ids": []}), 404)
+    _problem(await api.call("GET", "/nowhere"), 404)
+
+
+async def test_oversized_and_unstorable_payloads(api: Api) -> None:
+    await api.register("p", [{"name": "s"}])
+    huge = "x" * (api.svc.settings.max_payload_bytes + 10)
+    _problem(await api.call("POST", "/workflows/p/runs", json={"input": huge}), 413)
+    body = b'{"input": "' + b"y" * (api.svc.settings.max_body_bytes + 1) + b'"}'
+    _problem(await api.call("POST", "/workflows/p/runs", content=body,
+                            headers={"content-type": "application/json"}), 413)
+    _problem(await api.call("POST", "/workflows/p/runs", json={"input": "a\u0000b"}), 422)
+    nan = b'{"input": NaN}'
+    _problem(await api.call("POST", "/workflows/p/runs", content=nan,
+                            headers={"content-type": "application/json"}), 422)
+    deep = b'{"input": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    r = await api.call("POST", "/workflows/p/runs", content=deep,
+                       headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500
+    assert (await api.json("GET", "/runs"))["runs"] == []
+
+
+async def test_oversized_output_is_refused_and_lease_kept(api: Api) -> None:
+    await api.register("o", [{"name": "s"}])
+    run = await api.trigger("o")
+    w = await api.worker(["o.s"])
+    [t] = await api.poll(w)
+    huge = "x" * (api.svc.settings.max_payload_bytes + 10)
+    _problem(await api.complete(t, huge, expect=413), 413)
+    await api.complete(t, "small")
+    assert (await api.run(run["id"]))["status"] == "succeeded"
+
+
+async def test_sql_metacharacters_are_data(api: Api) -> None:
+    evil = "'; DROP TABLE runs; --"
+    await api.register("sqli", [{"name": "s"}])
+    run = await api.trigger("sqli", {"q": evil}, idempotency_key=evil)
+    assert (await api.run(run["id"]))["input"] == {"q": evil}
+    _problem(await api.call("GET", "/runs", params={"workflow": evil}), 422)
+
+
+async def test_heartbeat_interval_above_a_third_of_the_lease_is_refused(api: Api) -> None:
+    body = {"name": "w", "actions": ["a"], "heartbeat_interval_s": 5, "lease_timeout_s": 9}
+    _problem(await api.call("POST", "/workers", json=body), 422)
+    ok = await api.json("POST", "/workers", 201,
+                        json={"name": "w", "actions": ["a"], "lease_timeout_s": 3})
+    assert ok["heartbeat_interval_s"] * 3 <= ok["lease_timeout_s"] == 3
+
+
+async def test_replayed_lease_token_from_another_step_is_refused(api: Api) -> None:
+    await api.register("tok", [{"name": "a"}, {"name": "b"}])
+    await api.trigger("tok")
+    w = await api.worker(["tok.a", "tok.b"])
+    a, b = await api.poll(w)
+    forged = {"lease_token": a["lease_token"], "output": 1}
+    r = await api.call("POST", f"/step-runs/{b['step_run_id']}/complete", json=forged)
+    assert _problem(r, 409)["code"] == "lease_lost"
+    await api.complete(b, 2)

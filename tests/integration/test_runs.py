@@ -1,0 +1,192 @@
+"""Runs: DAG shapes, idempotency, versions, cancellation, replay, on_failure, listing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.integration.conftest import Api
+
+
+async def test_diamond_waits_for_both_parents(api: Api) -> None:
+    await api.register("dia", [{"name": "a"}, {"name": "b", "parents": ["a"]},
+                               {"name": "c", "parents": ["a"]},
+                               {"name": "d", "parents": ["b", "c"]}])
+    run = await api.trigger("dia")
+    w = await api.worker(["dia.a", "dia.b", "dia.c", "dia.d"])
+    [a] = await api.poll(w)
+    await api.complete(a, "A")
+    mids = await api.poll(w)
+    assert sorted(t["step"] for t in mids) == ["b", "c"]
+    # Both parents finish concurrently: the child must be queued exactly once.
+    await asyncio.gather(*(api.complete(t, t["step"].upper()) for t in mids))
+    [d] = await api.poll(w)
+    assert d["step"] == "d" and d["parents"] == {"b": "B", "c": "C"}
+    await api.complete(d, "D")
+    assert (await api.run(run["id"]))["status"] == "succeeded"
+
+
+async def test_idempotent_trigger_returns_the_same_run(api: Api) -> None:
+    await api.register("idem", [{"name": "s"}])
+    body = {"input": {"n": 1}, "idempotency_key": "order-42"}
+    first = await api.call("POST", "/workflows/idem/runs", 201, json=body)
+    results = await asyncio.gather(
+        *(api.call("POST", "/workflows/idem/runs", json=body) for _ in range(5))
+    )
+    assert {r.status_code for r in results} == {200}
+    assert {r.json()["id"] for r in results} == {first.json()["id"]}
+    page = await api.json("GET", "/runs?workflow=idem")
+    assert len(page["runs"]) == 1
+
+
+async def test_versions_pin_runs(api: Api) -> None:
+    v1 = await api.register("ver", [{"name": "a"}])
+    assert v1["version"] == 1
+    again = await api.call("PUT", "/workflows/ver", 200, json={"steps": [{"name": "a"}]})
+    assert again.json()["version"] == 1
+    old_run = await api.trigger("ver")
+    v2 = await api.call("PUT", "/workflows/ver", 201,
+                        json={"steps": [{"name": "a"}, {"name": "b", "parents": ["a"]}]})
+    assert v2.json()["version"] == 2
+    new_run = await api.trigger("ver")
+    assert new_run["version"] == 2 and len(new_run["steps"]) == 2
+    w = await api.worker(["ver.a", "ver.b"])
+    for t in await api.poll(w):
+        await api.complete(t, 1)
+    for t in await api.poll(w):
+        await api.complete(t, 2)
+    old = await api.run(old_run["id"])
+    assert old["version"] == 1 and old["status"] == "succeeded" and len(old["steps"]) == 1
+    assert (await api.run(new_run["id"]))["status"] == "succeeded"
+    pinned = await api.trigger("ver", version=1)
+    assert pinned["version"] == 1
+    info = await api.json("GET", "/workflows/ver")
+    assert info["version"] == 2 and info["versions"] == [1, 2]
+
+
+async def test_cancel_reaches_running_step_through_heartbeat(api: Api) -> None:
+    await api.register("cx", [{"name": "a"}, {"name": "b"}, {"name": "c", "parents": ["a"]}])
+    run = await api.trigger("cx")
+    w = await api.worker(["cx.a"])
+    [a] = await api.poll(w)
+    r = await api.call("POST", f"/runs/{run['id']}/cancel", 202)
+    body = r.json()
+    assert body["status"] == "cancelled"
+    by_name = {s["name"]: s for s in body["steps"]}
+    assert by_name["b"]["status"] == "cancelled" and by_name["c"]["status"] == "cancelled"
+    assert by_name["a"]["status"] == "running" and by_name["a"]["cancel_requested"]
+    hb = await api.json("POST", f"/workers/{w}/heartbeat",
+                        json={"step_run_ids": [a["step_run_id"]]})
+    assert hb["step_runs"][a["step_run_id"]] == "cancelled"
+    r = await api.complete(a, "late", expect=409)
+    assert r.json()["code"] == "cancelled"
+    final = await api.run(run["id"])
+    assert [s["status"] for s in final["steps"]] == ["cancelled"] * 3
+    assert final["steps"][0]["attempts"][0]["outcome"] == "cancelled"
+
+
+async def test_cancel_is_learned_on_poll_too(api: Api) -> None:
+    await api.register("cp", [{"name": "a"}])
+    run = await api.trigger("cp")
+    w = await api.worker(["cp.a"])
+    [a] = await api.poll(w)
+    await api.call("POST", f"/runs/{run['id']}/cancel", 202)
+    r = await api.json("POST", f"/workers/{w}/poll", json={"max_tasks": 1, "wait_s": 5})
+    assert r["cancelled"] == [a["step_run_id"]]
+
+
+async def test_ignoring_cancellation_past_grace_is_counted(api: Api) -> None:
+    await api.register("ig", [{"name": "a"}])
+    run = await api.trigger("ig")
+    w = await api.worker(["ig.a"])
+    [a] = await api.poll(w)
+    await api.call("POST", f"/runs/{run['id']}/cancel", 202)
+    body = {"step_run_ids": [a["step_run_id"]]}
+    await api.json("POST", f"/workers/{w}/heartbeat", json=body)
+    await api.age(api.svc.settings.cancel_grace_s + 1)
+    hb = await api.json("POST", f"/workers/{w}/heartbeat", json=body)
+    assert hb["step_runs"][a["step_run_id"]] == "cancelled"
+    assert await api.metric("cairn_ignored_cancellations_total") == 1
+
+
+async def test_cancel_grace_revokes_a_silent_holder(api: Api) -> None:
+    await api.register("sg", [{"name": "a"}])
+    run = await api.trigger("sg")
+    w = await api.worker(["sg.a"], lease_timeout_s=600)
+    await api.poll(w)
+    await api.call("POST", f"/runs/{run['id']}/cancel", 202)
+    await api.reap(ahead_s=api.svc.settings.cancel_grace_s + 1)
+    assert (await api.run(run["id"]))["steps"][0]["status"] == "cancelled"
+
+
+async def test_replay_reruns_only_the_failed_part(api: Api) -> None:
+    await api.register("rp", [{"name": "a"}, {"name": "b", "parents": ["a"]},
+                              {"name": "c", "parents": ["b"]}])
+    run = await api.trigger("rp", {"k": "v"})
+    w = await api.worker(["rp.a", "rp.b", "rp.c"])
+    [a] = await api.poll(w)
+    await api.complete(a, "A")
+    [b] = await api.poll(w)
+    await api.fail(b, retryable=False)
+    failed = await api.run(run["id"])
+    assert failed["status"] == "failed"
+    replayed = await api.json("POST", f"/runs/{run['id']}/replay", 202)
+    assert replayed["status"] == "running"
+    assert [s["status"] for s in replayed["steps"]] == ["succeeded", "queued", "pending"]
+    [b2] = await api.poll(w)
+    assert b2["step"] == "b" and b2["input"] == {"k": "v"} and b2["parents"] == {"a": "A"}
+    assert b2["attempt"] == 2
+    await api.complete(b2, "B")
+    [c] = await api.poll(w)
+    await api.complete(c, "C")
+    final = await api.run(run["id"])
+    assert final["status"] == "succeeded"
+    assert len(final["steps"][0]["attempts"]) == 1  # a was not re-run
+    await api.call("POST", f"/runs/{run['id']}/replay", 409)
+
+
+async def test_on_failure_step_runs_with_failure_details(api: Api) -> None:
+    await api.register("of", [{"name": "a"}, {"name": "b", "parents": ["a"]}],
+                       on_failure={"name": "cleanup"})
+    run = await api.trigger("of")
+    w = await api.worker(["of.a", "of.b", "of.cleanup"])
+    [a] = await api.poll(w)
+    await api.fail(a, retryable=False)
+    [h] = await api.poll(w)
+    assert h["step"] == "cleanup"
+    assert h["parents"]["failed_step"] == "a"
+    assert h["parents"]["error"]["type"] == "E"
+    assert (await api.run(run["id"]))["status"] == "running"
+    await api.complete(h, "cleaned")
+    final = await api.run(run["id"])
+    assert final["status"] == "failed"
+    assert {s["name"]: s["status"] for s in final["steps"]} == {
+        "a": "failed", "b": "skipped", "cleanup": "succeeded"}
+
+
+async def test_on_failure_is_skipped_when_the_run_succeeds(api: Api) -> None:
+    await api.register("ok", [{"name": "a"}], on_failure={"name": "cleanup"})
+    run = await api.trigger("ok")
+    w = await api.worker(["ok.a", "ok.cleanup"])
+    [a] = await api.poll(w)
+    await api.complete(a, 1)
+    final = await api.run(run["id"])
+    assert final["status"] == "succeeded"
+    assert final["steps"][1]["status"] == "skipped"
+
+
+async def test_list_runs_paginates_and_filters(api: Api) -> None:
+    await api.register("ls", [{"name": "s"}])
+    ids = [(await api.trigger("ls"))["id"] for _ in range(5)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        q = "/runs?workflow=ls&limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = await api.json("GET", q)
+        seen += [r["id"] for r in page["runs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids) and len(seen) == 5
+    assert (await api.json("GET", "/runs?status=succeeded"))["runs"] == []
+    await api.call("GET", "/runs?status=bogus", 422)
+    await api.call("GET", "/runs?cursor=!!!", 422)
