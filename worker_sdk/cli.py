@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=args.log_level,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        if args.log_level != "DEBUG":  # httpx logs every request at INFO
+            logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         worker = build_worker(load_target(args.target), args)
         worker.run()

@@ -18,7 +18,7 @@ STEP_LOGGER = "cairn.worker.step"
 class Task(BaseModel):
     """A leased step run, as returned by ``POST /workers/{id}/poll``."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", coerce_numbers_to_str=True)
 
     step_run_id: str
     run_id: str

@@ -170,7 +170,12 @@ class Worker:
         try:
             if self._stopping():
                 return
-            await asyncio.to_thread(self._start_up, control, reg)
+            try:
+                await asyncio.to_thread(self._start_up, control, reg)
+            except HTTPError:
+                if self._stopping():
+                    return  # stopped while the server was unreachable
+                raise
             if self._stopping():
                 return
             heart.start()

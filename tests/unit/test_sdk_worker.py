@@ -271,7 +271,7 @@ async def test_graceful_shutdown_finishes_quick_steps_and_abandons_slow_ones() -
     @wf.step
     async def quick(ctx: Context) -> str:
         started.append(ctx.step_run_id)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)
         return "done"
 
     @wf.step
@@ -282,7 +282,7 @@ async def test_graceful_shutdown_finishes_quick_steps_and_abandons_slow_ones() -
     server = FakeServer()
     server.add_task("q", "w.quick")
     server.add_task("s", "w.stuck")
-    worker = make_worker(server, [wf], shutdown_grace_s=0.3)
+    worker = make_worker(server, [wf], shutdown_grace_s=0.1)
     runner = asyncio.create_task(worker.arun())
     await until(lambda: len(started) == 2)
     polls = len(server.polls)
@@ -308,7 +308,7 @@ def test_run_blocks_until_stop_from_another_thread() -> None:
     wf.step(name="x")(lambda ctx: 1)
     server = FakeServer()
     worker = make_worker(server, [wf])
-    threading.Timer(0.2, worker.stop).start()
+    threading.Timer(0.05, worker.stop).start()
     started = time.monotonic()
     before = signal.getsignal(signal.SIGTERM)
     worker.run()  # on pytest's main thread: installs signal handlers, then restores them
