@@ -78,7 +78,9 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problems.problem(
-            413, "payload_too_large", f"request body is over the limit of {self.limit} bytes",
+            413,
+            "payload_too_large",
+            f"request body is over the limit of {self.limit} bytes",
             instance=scope.get("path"),
         )
         await response(scope, receive, send)
@@ -114,7 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             embedded = EmbeddedPostgres(settings.data_dir)
             url = await asyncio.to_thread(embedded.start)
         db = Database(
-            create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+            create_engine(
+                url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+            )
         )
         if settings.run_migrations:
             await migrate(db.engine)

@@ -12,7 +12,23 @@ from db.errors import LeaseConflict
 from db.types import Effects
 
 LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    1800,
 )
 
 
@@ -41,15 +57,21 @@ class Metrics:
             registry=r,
         )
         self.queue_latency = Histogram(
-            "cairn_queue_latency_seconds", "Queued (available) to claimed", buckets=LATENCY_BUCKETS,
+            "cairn_queue_latency_seconds",
+            "Queued (available) to claimed",
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.step_duration = Histogram(
-            "cairn_step_duration_seconds", "Claimed to finished, per attempt",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "cairn_step_duration_seconds",
+            "Claimed to finished, per attempt",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge(
-            "cairn_queue_depth", "Queued step runs per action (from the database)", ["action"],
+            "cairn_queue_depth",
+            "Queued step runs per action (from the database)",
+            ["action"],
             registry=r,
         )
         self.workers_active = Gauge(
@@ -59,8 +81,11 @@ class Metrics:
             "cairn_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
         )
         self.http_latency = Histogram(
-            "cairn_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "cairn_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         # Pre-create the alerting series so they read 0 rather than absent.
         for reason in ("lease_lost", "cancelled", "already_finished"):

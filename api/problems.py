@@ -86,10 +86,16 @@ def install(app: FastAPI, on_conflict: Any = None) -> None:
         errors = _clean_errors(exc.errors())
         body_errors = [e for e in errors if e["type"] in ("json_invalid", "model_attributes_type")]
         if body_errors and any(e["type"] == "json_invalid" for e in body_errors):
-            return problem(400, "malformed_json", "the request body is not valid JSON",
-                           instance=request.url.path, errors=errors)
+            return problem(
+                400,
+                "malformed_json",
+                "the request body is not valid JSON",
+                instance=request.url.path,
+                errors=errors,
+            )
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        detail = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else first["msg"]
+        loc = ".".join(str(p) for p in first["loc"])
+        detail = f"{loc}: {first['msg']}" if loc else str(first["msg"])
         return problem(422, "validation_error", detail, instance=request.url.path, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
@@ -101,11 +107,16 @@ def install(app: FastAPI, on_conflict: Any = None) -> None:
             413: "payload_too_large",
             415: "unsupported_media_type",
         }.get(exc.status_code, "http_error")
-        detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "")
+        detail: str = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "")
         if exc.status_code == 400 and "parsing the body" in detail:
             code = "malformed_json"
-        return problem(exc.status_code, code, detail, instance=request.url.path,
-                       headers=getattr(exc, "headers", None))
+        return problem(
+            exc.status_code,
+            code,
+            detail,
+            instance=request.url.path,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

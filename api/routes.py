@@ -37,7 +37,7 @@ WorkflowName = Annotated[str, Query(pattern=r"^[a-z0-9_.-]{1,64}$")]
 async def register_workflow(
     name: str, body: WorkflowIn, response: Response, svc: Svc, tenant: Tenant
 ) -> WorkflowOut:
-    """Register a definition: a changed one becomes the next version, an identical one is a no-op."""
+    """Register a definition: a changed one is the next version; an identical one is a no-op."""
     raw = body.model_dump(exclude_unset=True, exclude_none=True)
 
     async def work(conn: AsyncConnection, _: Effects) -> tuple[Any, bool]:
@@ -71,8 +71,10 @@ async def get_workflow(
     "/workflows/{name}/runs",
     response_model=RunOut,
     status_code=201,
-    responses={200: {"model": RunOut, "description": "idempotency key seen: the same run"},
-               **ERRORS},
+    responses={
+        200: {"model": RunOut, "description": "idempotency key seen: the same run"},
+        **ERRORS,
+    },
 )
 async def trigger_run(
     name: str, body: TriggerIn, response: Response, svc: Svc, tenant: Tenant
@@ -82,8 +84,13 @@ async def trigger_run(
 
     async def work(conn: AsyncConnection, effects: Effects) -> tuple[Any, bool]:
         return await run_db.trigger(
-            conn, tenant, name, input_json, idempotency_key=body.idempotency_key,
-            version=body.version, effects=effects,
+            conn,
+            tenant,
+            name,
+            input_json,
+            idempotency_key=body.idempotency_key,
+            version=body.version,
+            effects=effects,
         )
 
     run, created = await svc.tx(work)
@@ -110,8 +117,12 @@ async def list_runs(
     """Newest first. Pass ``next_cursor`` back as ``cursor`` for the next page."""
     async with svc.db.connect() as conn:
         page = await run_db.list_runs(
-            conn, tenant, workflow=workflow, status=status,
-            limit=min(limit, svc.settings.list_limit_max), cursor=cursor,
+            conn,
+            tenant,
+            workflow=workflow,
+            status=status,
+            limit=min(limit, svc.settings.list_limit_max),
+            cursor=cursor,
         )
     return RunList(runs=[run_out(r) for r in page.runs], next_cursor=page.next_cursor)
 

@@ -61,15 +61,24 @@ async def register_worker(body: WorkerIn, svc: Svc, tenant: Tenant) -> WorkerOut
 
     async def work(conn: AsyncConnection, _: Effects) -> Any:
         return await leases.register_worker(
-            conn, tenant, name=body.name, actions=body.actions, slots=body.slots,
-            heartbeat_interval_s=hb, lease_timeout_s=lease,
+            conn,
+            tenant,
+            name=body.name,
+            actions=body.actions,
+            slots=body.slots,
+            heartbeat_interval_s=hb,
+            lease_timeout_s=lease,
         )
 
     info = await svc.tx(work)
     svc.remember_worker(info.id, info.actions)
     return WorkerOut(
-        id=info.id, name=info.name, actions=list(info.actions), slots=info.slots,
-        heartbeat_interval_s=info.heartbeat_interval_s, lease_timeout_s=info.lease_timeout_s,
+        id=info.id,
+        name=info.name,
+        actions=list(info.actions),
+        slots=info.slots,
+        heartbeat_interval_s=info.heartbeat_interval_s,
+        lease_timeout_s=info.lease_timeout_s,
     )
 
 
@@ -118,11 +127,15 @@ async def heartbeat(worker_id: UUID, body: HeartbeatIn, svc: Svc, tenant: Tenant
 
     async def work(conn: AsyncConnection, effects: Effects) -> dict[str, str]:
         return await leases.heartbeat(
-            conn, tenant, str(worker_id), ids, grace_s=svc.settings.cancel_grace_s,
+            conn,
+            tenant,
+            str(worker_id),
+            ids,
+            grace_s=svc.settings.cancel_grace_s,
             effects=effects,
         )
 
-    return HeartbeatOut(step_runs=await svc.tx(work))  # type: ignore[arg-type]
+    return HeartbeatOut(step_runs=await svc.tx(work))
 
 
 @router.delete("/workers/{worker_id}", status_code=204, responses=ERRORS)
@@ -158,8 +171,14 @@ async def fail(step_run_id: UUID, body: FailIn, svc: Svc, tenant: Tenant) -> Out
 
     async def work(conn: AsyncConnection, effects: Effects) -> str | LeaseConflict:
         return await leases.fail(
-            conn, tenant, str(step_run_id), str(body.lease_token), error,
-            retryable=body.retryable, retry_after_s=body.retry_after_s, effects=effects,
+            conn,
+            tenant,
+            str(step_run_id),
+            str(body.lease_token),
+            error,
+            retryable=body.retryable,
+            retry_after_s=body.retry_after_s,
+            effects=effects,
         )
 
     outcome = await svc.tx(work)

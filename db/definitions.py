@@ -117,7 +117,7 @@ def _check_acyclic(steps: list[dict[str, Any]]) -> None:
                 stack.append((node, idx + 1))
                 nxt = ps[idx]
                 if state.get(nxt) == 1:
-                    cycle = path[path.index(nxt) :] + [nxt]
+                    cycle = [*path[path.index(nxt) :], nxt]
                     raise InvalidDefinition(f"cycle: {' -> '.join(cycle)}")
                 if state.get(nxt) != 2:
                     stack.append((nxt, 0))

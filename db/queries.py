@@ -127,7 +127,8 @@ RETURNING status
 REPLAY_RESET_STEPS = q("""
 UPDATE step_runs SET status = 'pending', output = NULL, error = NULL, finished_at = NULL,
   cancel_requested_at = NULL, parent_outputs = NULL, available_at = NULL, queued_at = NULL,
-  schedule_deadline = NULL, max_attempts = attempt + (CAST(:retries AS jsonb) ->> step_name)::int + 1
+  schedule_deadline = NULL,
+  max_attempts = attempt + (CAST(:retries AS jsonb) ->> step_name)::int + 1
 WHERE run_id = :run
   AND (status IN ('failed', 'cancelled', 'skipped') OR (is_on_failure AND status <> 'pending'))
 RETURNING step_name
@@ -177,8 +178,8 @@ RETURNING tenant_id, action
 SETTLE_RUN = q(
     """
 WITH agg AS (
-  SELECT count(*) FILTER (WHERE status IN {OPEN_STEP} AND NOT (is_on_failure AND status = 'pending'))
-           AS open,
+  SELECT count(*) FILTER (
+           WHERE status IN {OPEN_STEP} AND NOT (is_on_failure AND status = 'pending')) AS open,
          count(*) FILTER (WHERE status = 'failed' AND NOT is_on_failure) AS failed,
          (SELECT jsonb_build_object('step', f.step_name, 'error', f.error) FROM step_runs f
           WHERE f.run_id = :run AND f.status = 'failed' AND NOT f.is_on_failure

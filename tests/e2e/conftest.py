@@ -71,8 +71,9 @@ def procs(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
         with log.open("wb") as fh:
-            popen = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=full_env,
-                                     cwd=ROOT)
+            popen = subprocess.Popen(
+                args, stdout=fh, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT
+            )
         proc = Proc(popen, log, url)
         started.append(proc)
         return proc
@@ -88,9 +89,13 @@ def server(procs: Callable[..., Proc], db_url: str) -> Callable[..., Proc]:
 
     def start(**settings: Any) -> Proc:
         port = free_port()
-        env = {"CAIRN_DATABASE_URL": db_url, "CAIRN_PORT": str(port),
-               "CAIRN_REAPER_INTERVAL_S": "0.2", "CAIRN_LOG_LEVEL": "warning",
-               "CAIRN_POLL_RECHECK_S": "0.5"}
+        env = {
+            "CAIRN_DATABASE_URL": db_url,
+            "CAIRN_PORT": str(port),
+            "CAIRN_REAPER_INTERVAL_S": "0.2",
+            "CAIRN_LOG_LEVEL": "warning",
+            "CAIRN_POLL_RECHECK_S": "0.5",
+        }
         env.update({f"CAIRN_{k.upper()}": str(v) for k, v in settings.items()})
         url = f"http://127.0.0.1:{port}"
         proc = procs([sys.executable, "-m", "api.cli", "serve"], env, "server", url)

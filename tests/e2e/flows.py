@@ -18,8 +18,14 @@ def ledger(event: str, ctx: Context, **extra: Any) -> None:
     path = os.environ.get("E2E_LEDGER")
     if not path:
         return
-    line = {"event": event, "step": ctx.step, "step_run_id": ctx.step_run_id,
-            "attempt": ctx.attempt, "pid": os.getpid(), **extra}
+    line = {
+        "event": event,
+        "step": ctx.step,
+        "step_run_id": ctx.step_run_id,
+        "attempt": ctx.attempt,
+        "pid": os.getpid(),
+        **extra,
+    }
     with open(path, "a") as fh:
         fh.write(json.dumps(line) + "\n")
 

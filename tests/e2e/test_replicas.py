@@ -20,32 +20,41 @@ async def test_two_replicas_many_pollers_never_double_assign(server: Callable[..
         r = await http.put(f"{a.url}/api/v1/workflows/par", json={"steps": [{"name": "s"}]})
         assert r.status_code == 201
         for i in range(0, RUNS, 50):
-            await asyncio.gather(*(
-                http.post(f"{(a, b)[j % 2].url}/api/v1/workflows/par/runs", json={"input": j})
-                for j in range(i, i + 50)
-            ))
+            await asyncio.gather(
+                *(
+                    http.post(f"{(a, b)[j % 2].url}/api/v1/workflows/par/runs", json={"input": j})
+                    for j in range(i, i + 50)
+                )
+            )
         claims: list[str] = []
 
         async def poller(n: int) -> None:
             base = (a, b)[n % 2].url
-            w = (await http.post(f"{base}/api/v1/workers",
-                                 json={"name": f"p{n}", "actions": ["par.s"], "slots": 5})).json()
+            w = (
+                await http.post(
+                    f"{base}/api/v1/workers",
+                    json={"name": f"p{n}", "actions": ["par.s"], "slots": 5},
+                )
+            ).json()
             idle = 0
             while idle < 2:
-                r = await http.post(f"{base}/api/v1/workers/{w['id']}/poll",
-                                    json={"max_tasks": 5, "wait_s": 0.3})
+                r = await http.post(
+                    f"{base}/api/v1/workers/{w['id']}/poll", json={"max_tasks": 5, "wait_s": 0.3}
+                )
                 tasks = r.json()["tasks"]
                 idle = 0 if tasks else idle + 1
                 for t in tasks:
                     claims.append(t["step_run_id"])
                     done = await http.post(
                         f"{base}/api/v1/step-runs/{t['step_run_id']}/complete",
-                        json={"lease_token": t["lease_token"], "output": n})
+                        json={"lease_token": t["lease_token"], "output": n},
+                    )
                     assert done.status_code == 200, done.text
 
         await asyncio.gather(*(poller(n) for n in range(POLLERS)))
         dupes = [k for k, v in Counter(claims).items() if v > 1]
         assert dupes == [] and len(claims) == RUNS
-        page = (await http.get(f"{b.url}/api/v1/runs",
-                               params={"status": "succeeded", "limit": 500})).json()
+        page = (
+            await http.get(f"{b.url}/api/v1/runs", params={"status": "succeeded", "limit": 500})
+        ).json()
         assert len(page["runs"]) == RUNS

@@ -32,8 +32,9 @@ def read_ledger(path: Path) -> list[dict[str, Any]]:
 def start_worker(procs: Callable[..., Proc], ledger: Path) -> Callable[..., Proc]:
     def start(server: Proc, **env: str) -> Proc:
         full = {"CAIRN_URL": server.url or "", "E2E_LEDGER": str(ledger), **env}
-        return procs([sys.executable, "-m", "api.cli", "worker", "tests.e2e.flows:worker"],
-                     full, "worker")
+        return procs(
+            [sys.executable, "-m", "api.cli", "worker", "tests.e2e.flows:worker"], full, "worker"
+        )
 
     return start
 
@@ -52,13 +53,15 @@ def metric(url: str, name: str, **labels: str) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
         if line.startswith(name + ("{" if labels else " ")):
-            got = line[len(name):].split(" ")[0].strip("{}")
+            got = line[len(name) :].split(" ")[0].strip("{}")
             if sorted(got.split(",")) == sorted(want.split(",")) or (not labels and not got):
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
-def test_dag_runs_end_to_end(server: Callable[..., Proc], start_worker: Callable[..., Proc]) -> None:
+def test_dag_runs_end_to_end(
+    server: Callable[..., Proc], start_worker: Callable[..., Proc]
+) -> None:
     srv = server()
     start_worker(srv)
     client = Client(srv.url)
@@ -101,18 +104,23 @@ def test_zombie_completion_is_refused_and_counted(
     run = client.trigger("pipeline", {"n": 5})
     wait_until(lambda: "claimed" in zombie.output(), 20, "zombie claimed")
     zombie.signal(signal.SIGSTOP)
-    before = metric(url, "cairn_duplicate_completions_total", reason="lease_lost",
-                    conflicting="true")
+    before = metric(
+        url, "cairn_duplicate_completions_total", reason="lease_lost", conflicting="true"
+    )
     start_worker(srv)
     final = client.wait(run["id"], timeout=40)  # the lease passed to the SDK worker
     assert final["status"] == "succeeded"
     zombie.signal(signal.SIGCONT)
-    line = wait_until(lambda: [ln for ln in zombie.output().splitlines() if '"status"' in ln],
-                      20, "zombie reported")[0]
+    line = wait_until(
+        lambda: [ln for ln in zombie.output().splitlines() if '"status"' in ln],
+        20,
+        "zombie reported",
+    )[0]
     reply = json.loads(line)
     assert reply["status"] == 409 and reply["body"]["code"] == "lease_lost"
-    after = metric(url, "cairn_duplicate_completions_total", reason="lease_lost",
-                   conflicting="true")
+    after = metric(
+        url, "cairn_duplicate_completions_total", reason="lease_lost", conflicting="true"
+    )
     assert after == before + 1
     again = client.get_run(run["id"])
     assert step(again, "fetch")["output"] == {"n": 5}  # the new holder's result stands
@@ -129,11 +137,16 @@ def test_cancellation_reaches_a_running_step(
     run = client.trigger("pipeline", {"n": 1, "sleep": 30})
     wait_until(lambda: any(e["step"] == "work" for e in read_ledger(ledger)), 20, "work started")
     client.cancel(run["id"])
-    wait_until(lambda: any(e["event"] == "cancel_seen" for e in read_ledger(ledger)), 10,
-               "the step saw ctx.cancelled")
+    wait_until(
+        lambda: any(e["event"] == "cancel_seen" for e in read_ledger(ledger)),
+        10,
+        "the step saw ctx.cancelled",
+    )
     final = wait_until(
-        lambda: (r := client.get_run(run["id"])) and step(r, "work")["status"] == "cancelled"
-        and r, 10, "step cancelled")
+        lambda: (r := client.get_run(run["id"])) and step(r, "work")["status"] == "cancelled" and r,
+        10,
+        "step cancelled",
+    )
     assert final["status"] == "cancelled"
     assert step(final, "publish")["status"] == "cancelled"
 
@@ -148,8 +161,11 @@ def test_async_step_is_cancelled(
     run = client.trigger("asyncflow", {"sleep": 60})
     wait_until(lambda: read_ledger(ledger), 20, "step started")
     client.cancel(run["id"])
-    wait_until(lambda: any(e["event"] == "cancel_seen" for e in read_ledger(ledger)), 10,
-               "asyncio cancellation")
+    wait_until(
+        lambda: any(e["event"] == "cancel_seen" for e in read_ledger(ledger)),
+        10,
+        "asyncio cancellation",
+    )
 
 
 def test_retry_after_and_non_retryable(

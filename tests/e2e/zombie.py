@@ -15,17 +15,22 @@ import httpx
 
 def main(url: str, action: str) -> int:
     api = f"{url}/api/v1"
-    w = httpx.post(f"{api}/workers", json={"name": "zombie", "actions": [action], "slots": 1,
-                                           "lease_timeout_s": 2}).json()
+    w = httpx.post(
+        f"{api}/workers",
+        json={"name": "zombie", "actions": [action], "slots": 1, "lease_timeout_s": 2},
+    ).json()
     tasks: list[dict[str, str]] = []
     while not tasks:
-        tasks = httpx.post(f"{api}/workers/{w['id']}/poll", json={"max_tasks": 1, "wait_s": 5},
-                           timeout=10).json()["tasks"]
+        tasks = httpx.post(
+            f"{api}/workers/{w['id']}/poll", json={"max_tasks": 1, "wait_s": 5}, timeout=10
+        ).json()["tasks"]
     task = tasks[0]
     print(json.dumps({"claimed": task["step_run_id"], "attempt": task["attempt"]}), flush=True)
     time.sleep(1.5)  # the test stops us here
-    r = httpx.post(f"{api}/step-runs/{task['step_run_id']}/complete",
-                   json={"lease_token": task["lease_token"], "output": {"by": "zombie"}})
+    r = httpx.post(
+        f"{api}/step-runs/{task['step_run_id']}/complete",
+        json={"lease_token": task["lease_token"], "output": {"by": "zombie"}},
+    )
     print(json.dumps({"status": r.status_code, "body": r.json()}), flush=True)
     return 0
 

@@ -58,7 +58,9 @@ class Api:
 
     async def complete(self, task: dict[str, Any], output: Any, expect: int = 200) -> Any:
         body = {"lease_token": task["lease_token"], "output": output}
-        return await self.call("POST", f"/step-runs/{task['step_run_id']}/complete", expect, json=body)
+        return await self.call(
+            "POST", f"/step-runs/{task['step_run_id']}/complete", expect, json=body
+        )
 
     async def fail(self, task: dict[str, Any], expect: int = 200, **kw: Any) -> Any:
         body = {"lease_token": task["lease_token"], "error": {"type": "E", "message": "m"}, **kw}
@@ -85,8 +87,16 @@ class Api:
     async def age(self, seconds: float) -> None:
         from sqlalchemy import text
 
-        cols = ["lease_expires_at", "timeout_at", "schedule_deadline", "available_at",
-                "cancel_requested_at", "finished_at", "started_at", "queued_at"]
+        cols = [
+            "lease_expires_at",
+            "timeout_at",
+            "schedule_deadline",
+            "available_at",
+            "cancel_requested_at",
+            "finished_at",
+            "started_at",
+            "queued_at",
+        ]
         sets = ", ".join(f"{c} = {c} - make_interval(secs => :s)" for c in cols)
         async with self.svc.db.engine.begin() as conn:
             await conn.execute(text(f"UPDATE step_runs SET {sets}"), {"s": seconds})
@@ -107,8 +117,12 @@ class Api:
 def settings_factory(db_url: str) -> Callable[..., Settings]:
     def make(**kw: Any) -> Settings:
         # The background reaper is parked: tests drive it with an injected clock.
-        base: dict[str, Any] = {"database_url": db_url, "reaper_interval_s": 3600.0,
-                                "run_migrations": False, "poll_recheck_s": 0.2}
+        base: dict[str, Any] = {
+            "database_url": db_url,
+            "reaper_interval_s": 3600.0,
+            "run_migrations": False,
+            "poll_recheck_s": 0.2,
+        }
         return Settings(**{**base, **kw})
 
     return make

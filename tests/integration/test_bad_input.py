@@ -51,12 +51,16 @@ async def test_too_many_steps(api: Api) -> None:
 async def test_malformed_json_and_wrong_types(api: Api) -> None:
     await api.register("w", [{"name": "s"}])
     headers = {"content-type": "application/json"}
-    _problem(await api.call("POST", "/workflows/w/runs", content=b"{not json", headers=headers), 400)
-    _problem(await api.call("POST", "/workflows/w/runs", content=b"\xff\xfe\x00", headers=headers),
-             400)
+    _problem(
+        await api.call("POST", "/workflows/w/runs", content=b"{not json", headers=headers), 400
+    )
+    _problem(
+        await api.call("POST", "/workflows/w/runs", content=b"\xff\xfe\x00", headers=headers), 400
+    )
     _problem(await api.call("POST", "/workflows/w/runs", json={"input": 1, "version": "x"}), 422)
-    _problem(await api.call("POST", "/workers", json={"name": "w", "actions": "x", "slots": -1}),
-             422)
+    _problem(
+        await api.call("POST", "/workers", json={"name": "w", "actions": "x", "slots": -1}), 422
+    )
     assert (await api.json("GET", "/runs"))["runs"] == []
 
 
@@ -77,15 +81,24 @@ async def test_oversized_and_unstorable_payloads(api: Api) -> None:
     huge = "x" * (api.svc.settings.max_payload_bytes + 10)
     _problem(await api.call("POST", "/workflows/p/runs", json={"input": huge}), 413)
     body = b'{"input": "' + b"y" * (api.svc.settings.max_body_bytes + 1) + b'"}'
-    _problem(await api.call("POST", "/workflows/p/runs", content=body,
-                            headers={"content-type": "application/json"}), 413)
+    _problem(
+        await api.call(
+            "POST", "/workflows/p/runs", content=body, headers={"content-type": "application/json"}
+        ),
+        413,
+    )
     _problem(await api.call("POST", "/workflows/p/runs", json={"input": "a\u0000b"}), 422)
     nan = b'{"input": NaN}'
-    _problem(await api.call("POST", "/workflows/p/runs", content=nan,
-                            headers={"content-type": "application/json"}), 422)
+    _problem(
+        await api.call(
+            "POST", "/workflows/p/runs", content=nan, headers={"content-type": "application/json"}
+        ),
+        422,
+    )
     deep = b'{"input": ' + b"[" * 5000 + b"]" * 5000 + b"}"
-    r = await api.call("POST", "/workflows/p/runs", content=deep,
-                       headers={"content-type": "application/json"})
+    r = await api.call(
+        "POST", "/workflows/p/runs", content=deep, headers={"content-type": "application/json"}
+    )
     assert 400 <= r.status_code < 500
     assert (await api.json("GET", "/runs"))["runs"] == []
 
@@ -112,8 +125,9 @@ async def test_sql_metacharacters_are_data(api: Api) -> None:
 async def test_heartbeat_interval_above_a_third_of_the_lease_is_refused(api: Api) -> None:
     body = {"name": "w", "actions": ["a"], "heartbeat_interval_s": 5, "lease_timeout_s": 9}
     _problem(await api.call("POST", "/workers", json=body), 422)
-    ok = await api.json("POST", "/workers", 201,
-                        json={"name": "w", "actions": ["a"], "lease_timeout_s": 3})
+    ok = await api.json(
+        "POST", "/workers", 201, json={"name": "w", "actions": ["a"], "lease_timeout_s": 3}
+    )
     assert ok["heartbeat_interval_s"] * 3 <= ok["lease_timeout_s"] == 3
 
 

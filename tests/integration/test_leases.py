@@ -6,8 +6,9 @@ from tests.integration.conftest import Api
 
 
 async def test_retry_with_backoff_then_success(api: Api) -> None:
-    await api.register("r", [{"name": "s", "retries": 2,
-                              "backoff": {"initial_s": 30, "factor": 2, "jitter": 0}}])
+    await api.register(
+        "r", [{"name": "s", "retries": 2, "backoff": {"initial_s": 30, "factor": 2, "jitter": 0}}]
+    )
     run = await api.trigger("r")
     w = await api.worker(["r.s"])
     [t1] = await api.poll(w)
@@ -27,8 +28,14 @@ async def test_retry_with_backoff_then_success(api: Api) -> None:
 
 
 async def test_non_retryable_fails_at_once_and_skips_descendants(api: Api) -> None:
-    await api.register("nr", [{"name": "a", "retries": 5}, {"name": "b", "parents": ["a"]},
-                              {"name": "c", "parents": ["b"]}])
+    await api.register(
+        "nr",
+        [
+            {"name": "a", "retries": 5},
+            {"name": "b", "parents": ["a"]},
+            {"name": "c", "parents": ["b"]},
+        ],
+    )
     run = await api.trigger("nr")
     w = await api.worker(["nr.a", "nr.b", "nr.c"])
     [t] = await api.poll(w)
@@ -65,9 +72,12 @@ async def test_lease_expiry_requeues_and_zombie_gets_409(api: Api) -> None:
     r = await api.complete(old, {"by": "zombie"}, expect=409)
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["code"] == "lease_lost"
-    assert await api.metric(
-        "cairn_duplicate_completions_total", reason="lease_lost", conflicting="true"
-    ) == 1
+    assert (
+        await api.metric(
+            "cairn_duplicate_completions_total", reason="lease_lost", conflicting="true"
+        )
+        == 1
+    )
     final = await api.run(run["id"])
     assert final["steps"][0]["output"] == {"by": "fresh"}
     outcomes = [a["outcome"] for a in final["steps"][0]["attempts"]]
@@ -108,17 +118,25 @@ async def test_benign_duplicate_completion_is_not_conflicting(api: Api) -> None:
     assert r.json()["code"] == "already_finished" and r.json()["conflicting"] is False
     r = await api.complete(t, {"v": 2}, expect=409)
     assert r.json()["conflicting"] is True
-    assert await api.metric(
-        "cairn_duplicate_completions_total", reason="already_finished", conflicting="false"
-    ) == 1
-    assert await api.metric(
-        "cairn_duplicate_completions_total", reason="already_finished", conflicting="true"
-    ) == 1
+    assert (
+        await api.metric(
+            "cairn_duplicate_completions_total", reason="already_finished", conflicting="false"
+        )
+        == 1
+    )
+    assert (
+        await api.metric(
+            "cairn_duplicate_completions_total", reason="already_finished", conflicting="true"
+        )
+        == 1
+    )
 
 
 async def test_execution_timeout_counts_as_retryable_failure(api: Api) -> None:
-    await api.register("to", [{"name": "s", "retries": 1, "timeout_s": 5,
-                               "backoff": {"initial_s": 0, "jitter": 0}}])
+    await api.register(
+        "to",
+        [{"name": "s", "retries": 1, "timeout_s": 5, "backoff": {"initial_s": 0, "jitter": 0}}],
+    )
     run = await api.trigger("to")
     w = await api.worker(["to.s"], lease_timeout_s=600)
     [t] = await api.poll(w)

@@ -8,9 +8,15 @@ from tests.integration.conftest import Api
 
 
 async def test_diamond_waits_for_both_parents(api: Api) -> None:
-    await api.register("dia", [{"name": "a"}, {"name": "b", "parents": ["a"]},
-                               {"name": "c", "parents": ["a"]},
-                               {"name": "d", "parents": ["b", "c"]}])
+    await api.register(
+        "dia",
+        [
+            {"name": "a"},
+            {"name": "b", "parents": ["a"]},
+            {"name": "c", "parents": ["a"]},
+            {"name": "d", "parents": ["b", "c"]},
+        ],
+    )
     run = await api.trigger("dia")
     w = await api.worker(["dia.a", "dia.b", "dia.c", "dia.d"])
     [a] = await api.poll(w)
@@ -44,8 +50,12 @@ async def test_versions_pin_runs(api: Api) -> None:
     again = await api.call("PUT", "/workflows/ver", 200, json={"steps": [{"name": "a"}]})
     assert again.json()["version"] == 1
     old_run = await api.trigger("ver")
-    v2 = await api.call("PUT", "/workflows/ver", 201,
-                        json={"steps": [{"name": "a"}, {"name": "b", "parents": ["a"]}]})
+    v2 = await api.call(
+        "PUT",
+        "/workflows/ver",
+        201,
+        json={"steps": [{"name": "a"}, {"name": "b", "parents": ["a"]}]},
+    )
     assert v2.json()["version"] == 2
     new_run = await api.trigger("ver")
     assert new_run["version"] == 2 and len(new_run["steps"]) == 2
@@ -74,8 +84,9 @@ async def test_cancel_reaches_running_step_through_heartbeat(api: Api) -> None:
     by_name = {s["name"]: s for s in body["steps"]}
     assert by_name["b"]["status"] == "cancelled" and by_name["c"]["status"] == "cancelled"
     assert by_name["a"]["status"] == "running" and by_name["a"]["cancel_requested"]
-    hb = await api.json("POST", f"/workers/{w}/heartbeat",
-                        json={"step_run_ids": [a["step_run_id"]]})
+    hb = await api.json(
+        "POST", f"/workers/{w}/heartbeat", json={"step_run_ids": [a["step_run_id"]]}
+    )
     assert hb["step_runs"][a["step_run_id"]] == "cancelled"
     r = await api.complete(a, "late", expect=409)
     assert r.json()["code"] == "cancelled"
@@ -119,8 +130,9 @@ async def test_cancel_grace_revokes_a_silent_holder(api: Api) -> None:
 
 
 async def test_replay_reruns_only_the_failed_part(api: Api) -> None:
-    await api.register("rp", [{"name": "a"}, {"name": "b", "parents": ["a"]},
-                              {"name": "c", "parents": ["b"]}])
+    await api.register(
+        "rp", [{"name": "a"}, {"name": "b", "parents": ["a"]}, {"name": "c", "parents": ["b"]}]
+    )
     run = await api.trigger("rp", {"k": "v"})
     w = await api.worker(["rp.a", "rp.b", "rp.c"])
     [a] = await api.poll(w)
@@ -145,8 +157,9 @@ async def test_replay_reruns_only_the_failed_part(api: Api) -> None:
 
 
 async def test_on_failure_step_runs_with_failure_details(api: Api) -> None:
-    await api.register("of", [{"name": "a"}, {"name": "b", "parents": ["a"]}],
-                       on_failure={"name": "cleanup"})
+    await api.register(
+        "of", [{"name": "a"}, {"name": "b", "parents": ["a"]}], on_failure={"name": "cleanup"}
+    )
     run = await api.trigger("of")
     w = await api.worker(["of.a", "of.b", "of.cleanup"])
     [a] = await api.poll(w)
@@ -160,7 +173,10 @@ async def test_on_failure_step_runs_with_failure_details(api: Api) -> None:
     final = await api.run(run["id"])
     assert final["status"] == "failed"
     assert {s["name"]: s["status"] for s in final["steps"]} == {
-        "a": "failed", "b": "skipped", "cleanup": "succeeded"}
+        "a": "failed",
+        "b": "skipped",
+        "cleanup": "succeeded",
+    }
 
 
 async def test_on_failure_is_skipped_when_the_run_succeeds(api: Api) -> None:

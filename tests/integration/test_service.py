@@ -27,11 +27,18 @@ async def test_metrics_exposes_the_documented_series(api: Api) -> None:
     await api.worker(["m.s"])
     text = (await api.client.get("/metrics")).text
     for name in (
-        "cairn_step_runs_total", "cairn_runs_total", "cairn_retries_total",
-        "cairn_lease_expirations_total", "cairn_duplicate_completions_total",
-        "cairn_ignored_cancellations_total", "cairn_queue_latency_seconds",
-        "cairn_step_duration_seconds", "cairn_queue_depth", "cairn_workers_active",
-        "cairn_http_requests_total", "cairn_http_request_duration_seconds",
+        "cairn_step_runs_total",
+        "cairn_runs_total",
+        "cairn_retries_total",
+        "cairn_lease_expirations_total",
+        "cairn_duplicate_completions_total",
+        "cairn_ignored_cancellations_total",
+        "cairn_queue_latency_seconds",
+        "cairn_step_duration_seconds",
+        "cairn_queue_depth",
+        "cairn_workers_active",
+        "cairn_http_requests_total",
+        "cairn_http_request_duration_seconds",
     ):
         assert name in text, name
     assert 'cairn_queue_depth{action="m.s"} 1.0' in text

@@ -4,8 +4,9 @@ from tests.integration.conftest import Api
 
 
 async def test_chain_runs_in_order_with_parent_outputs(api: Api) -> None:
-    await api.register("chain", [{"name": "a"}, {"name": "b", "parents": ["a"]},
-                                 {"name": "c", "parents": ["b"]}])
+    await api.register(
+        "chain", [{"name": "a"}, {"name": "b", "parents": ["a"]}, {"name": "c", "parents": ["b"]}]
+    )
     run = await api.trigger("chain", {"x": 1})
     assert run["status"] == "queued"
     w = await api.worker(["chain.a", "chain.b", "chain.c"])
