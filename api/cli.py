@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("CAIRN_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "serve":
         return _serve(args)
     if args.command == "migrate":

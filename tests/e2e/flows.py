@@ -100,10 +100,21 @@ async def waiter(ctx: Context) -> str:
     return "waited"
 
 
+hog = Workflow("hog")
+
+
+@hog.step()
+async def block_the_loop(ctx: Context) -> str:
+    """Blocks the worker's event loop well past the lease: heartbeats must come from a thread."""
+    ledger("start", ctx)
+    time.sleep(float(ctx.input.get("block", 0)))
+    return "survived"
+
+
 def make_worker() -> Worker:
     return Worker(
         os.environ["CAIRN_URL"],
-        workflows=[pipeline, outcomes, async_flow],
+        workflows=[pipeline, outcomes, async_flow, hog],
         slots=int(os.environ.get("E2E_SLOTS", "4")),
         lease_timeout_s=float(os.environ.get("E2E_LEASE_S", "2")),
         heartbeat_interval_s=float(os.environ.get("E2E_HEARTBEAT_S", "0.4")),

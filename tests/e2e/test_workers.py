@@ -40,7 +40,7 @@ def start_worker(procs: Callable[..., Proc], ledger: Path) -> Callable[..., Proc
 
 
 def register(client: Client) -> None:
-    for wf in (flows.pipeline, flows.outcomes, flows.async_flow):
+    for wf in (flows.pipeline, flows.outcomes, flows.async_flow, flows.hog):
         client.register(wf)
 
 
@@ -202,3 +202,17 @@ def test_sigterm_lets_running_steps_finish(
     assert step(r, "work")["status"] == "succeeded"  # reported before exit
     start_worker(srv)
     assert client.wait(run["id"], timeout=30)["status"] == "succeeded"
+
+
+def test_a_step_blocking_the_event_loop_keeps_its_lease(
+    server: Callable[..., Proc], start_worker: Callable[..., Proc]
+) -> None:
+    srv = server()
+    start_worker(srv, E2E_LEASE_S="1.5", E2E_HEARTBEAT_S="0.3")
+    client = Client(srv.url)
+    register(client)
+    run = client.trigger("hog", {"block": 4.5})  # three lease periods without yielding
+    final = client.wait(run["id"], timeout=30)
+    assert final["status"] == "succeeded"
+    attempts = step(final, "block_the_loop")["attempts"]
+    assert [a["outcome"] for a in attempts] == ["succeeded"]

@@ -1,0 +1,53 @@
+"""Long-polls wake on NOTIFY, not on a timer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+
+from api.app import create_app
+from api.settings import Settings
+from tests.integration.conftest import Api
+
+
+@pytest.fixture
+async def slow_recheck_api(settings_factory: Callable[..., Settings]) -> AsyncIterator[Api]:
+    # The fallback re-check is an hour away: only a NOTIFY can wake the poll in time.
+    app = create_app(settings_factory(poll_recheck_s=3600.0))
+    async with app.router.lifespan_context(app):
+        await asyncio.wait_for(app.state.service.notifier.connected.wait(), 10)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://cairn") as client:
+            yield Api(client, app)
+
+
+async def test_long_poll_wakes_when_work_is_queued(slow_recheck_api: Api) -> None:
+    api = slow_recheck_api
+    await api.register("wake", [{"name": "a"}, {"name": "b", "parents": ["a"]}])
+    w = await api.worker(["wake.a", "wake.b"])
+    assert await api.poll(w, wait_s=0) == []
+
+    async def trigger_soon() -> None:
+        await asyncio.sleep(0.3)
+        await api.trigger("wake")
+
+    poll, _ = await asyncio.gather(api.poll(w, wait_s=20), trigger_soon())
+    assert [t["step"] for t in poll] == ["a"]
+
+    # A child queued by its parent's completion wakes a waiting poll too.
+    async def complete_soon() -> None:
+        await asyncio.sleep(0.3)
+        await api.complete(poll[0], 1)
+
+    w2 = await api.worker(["wake.b"])
+    nxt, _ = await asyncio.gather(api.poll(w2, wait_s=20), complete_soon())
+    assert [t["step"] for t in nxt] == ["b"]
+
+
+async def test_long_poll_returns_empty_after_wait(api: Api) -> None:
+    await api.register("idle", [{"name": "a"}])
+    w = await api.worker(["idle.a"])
+    assert await api.poll(w, wait_s=0.3) == []
