@@ -9,12 +9,24 @@ from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.convert import run_out, workflow_out
-from api.schemas import Problem, RunList, RunOut, TriggerIn, WorkflowIn, WorkflowList, WorkflowOut
+from api.schemas import (
+    BulkRunOut,
+    BulkTriggerIn,
+    BulkTriggerOut,
+    Problem,
+    RunList,
+    RunOut,
+    TriggerIn,
+    WorkflowIn,
+    WorkflowList,
+    WorkflowOut,
+)
 from api.service import Service, service
 from api.tenancy import tenant_id
 from db import payloads
 from db import runs as run_db
 from db import workflows as wf_db
+from db.errors import InvalidPayload
 from db.types import Effects
 
 router = APIRouter(prefix="/api/v1")
@@ -96,6 +108,44 @@ async def trigger_run(
     run, created = await svc.tx(work)
     response.status_code = 201 if created else 200
     return run_out(run)
+
+
+@router.post(
+    "/workflows/{name}/runs/bulk",
+    response_model=BulkTriggerOut,
+    status_code=201,
+    responses=ERRORS,
+)
+async def trigger_runs(name: str, body: BulkTriggerIn, svc: Svc, tenant: Tenant) -> BulkTriggerOut:
+    """Start many runs in one request and one statement (up to ``CAIRN_MAX_BATCH``).
+
+    Each item may carry its own idempotency key; an item whose key was already used gets the
+    existing run with ``created: false``.
+    """
+    limit = svc.settings.max_payload_bytes
+    if len(body.runs) > svc.settings.max_batch:
+        raise InvalidPayload(
+            f"{len(body.runs)} runs is over the batch limit {svc.settings.max_batch}"
+        )
+    items = [
+        (payloads.dump(r.input, field=f"runs[{i}].input", limit=limit), r.idempotency_key)
+        for i, r in enumerate(body.runs)
+    ]
+
+    async def work(conn: AsyncConnection, effects: Effects) -> tuple[int, list[tuple[str, bool]]]:
+        return await run_db.trigger_many(
+            conn, tenant, name, items, version=body.version, effects=effects
+        )
+
+    version, created = await svc.tx(work)
+    return BulkTriggerOut(
+        workflow=name,
+        version=version,
+        runs=[
+            BulkRunOut(id=rid, idempotency_key=r.idempotency_key, created=new)
+            for (rid, new), r in zip(created, body.runs, strict=True)
+        ],
+    )
 
 
 @router.get("/runs/{run_id}", response_model=RunOut, responses=ERRORS)

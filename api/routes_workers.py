@@ -20,13 +20,17 @@ from api.schemas import (
     OutcomeOut,
     PollIn,
     PollOut,
+    ResultIn,
+    ResultOut,
+    ResultsIn,
+    ResultsOut,
     WorkerIn,
     WorkerOut,
 )
 from api.service import Service, service
 from api.tenancy import tenant_id
 from db import leases, payloads, reaper
-from db.errors import InvalidPayload, LeaseConflict
+from db.errors import CairnDBError, InvalidPayload, LeaseConflict, NotFound
 from db.types import Effects, PollResult
 
 router = APIRouter(prefix="/api/v1")
@@ -152,7 +156,7 @@ async def complete(step_run_id: UUID, body: CompleteIn, svc: Svc, tenant: Tenant
     """Report success. Only the current lease holder is accepted; anyone else gets 409."""
     output = payloads.dump(body.output, field="output", limit=svc.settings.max_payload_bytes)
 
-    async def work(conn: AsyncConnection, effects: Effects) -> LeaseConflict | None:
+    async def work(conn: AsyncConnection, effects: Effects) -> CairnDBError | None:
         return await leases.complete(
             conn, tenant, str(step_run_id), str(body.lease_token), output, effects=effects
         )
@@ -185,3 +189,81 @@ async def fail(step_run_id: UUID, body: FailIn, svc: Svc, tenant: Tenant) -> Out
     if isinstance(outcome, LeaseConflict):
         raise outcome
     return OutcomeOut(status=outcome)
+
+
+@router.post("/step-runs/results", response_model=ResultsOut, responses=ERRORS)
+async def report_results(body: ResultsIn, svc: Svc, tenant: Tenant) -> ResultsOut:
+    """Report many results in one request: each item is fenced by its own lease token.
+
+    An item with ``error`` is a failure, otherwise a completion. Refused items do not fail the
+    request: they come back with ``status: "rejected"`` and the same ``code`` the single-item
+    endpoints would answer with 409 (and are counted the same way).
+    """
+    s = svc.settings
+    if len(body.results) > s.max_batch:
+        raise InvalidPayload(f"{len(body.results)} results is over the batch limit {s.max_batch}")
+    completions: list[tuple[int, tuple[str, str, str]]] = []
+    failures: list[tuple[int, ResultIn, dict[str, Any]]] = []
+    for i, item in enumerate(body.results):
+        sid, token = str(item.step_run_id), str(item.lease_token)
+        if item.error is None:
+            output = payloads.dump(
+                item.output, field=f"results[{i}].output", limit=s.max_payload_bytes
+            )
+            completions.append((i, (sid, token, output)))
+        else:
+            error = item.error.model_dump()
+            payloads.dump(error, field=f"results[{i}].error", limit=s.max_payload_bytes)
+            failures.append((i, item, error))
+
+    refusals: list[CairnDBError] = []
+
+    async def work(conn: AsyncConnection, effects: Effects) -> list[ResultOut]:
+        refusals.clear()
+        out: list[ResultOut | None] = [None] * len(body.results)
+        if completions:
+            refused = await leases.complete_many(
+                conn, tenant, [c for _, c in completions], effects=effects
+            )
+            for (i, (sid, _, _)), why in zip(completions, refused, strict=True):
+                out[i] = _result(sid, "succeeded", why)
+                refusals.extend([why] if why is not None else [])
+        for i, item, error in failures:
+            try:
+                outcome: str | CairnDBError = await leases.fail(
+                    conn,
+                    tenant,
+                    str(item.step_run_id),
+                    str(item.lease_token),
+                    error,
+                    retryable=item.retryable,
+                    retry_after_s=item.retry_after_s,
+                    effects=effects,
+                )
+            except NotFound as err:
+                outcome = err
+            if isinstance(outcome, CairnDBError):
+                out[i] = _result(str(item.step_run_id), "", outcome)
+                refusals.append(outcome)
+            else:
+                out[i] = _result(str(item.step_run_id), outcome, None)
+        return [o for o in out if o is not None]
+
+    results = await svc.tx(work)
+    for why in refusals:
+        if isinstance(why, LeaseConflict):
+            svc.metrics.conflict(why)
+    return ResultsOut(results=results)
+
+
+def _result(step_run_id: str, status: str, why: CairnDBError | None) -> ResultOut:
+    if why is None:
+        return ResultOut.model_validate({"step_run_id": step_run_id, "status": status})
+    conflicting = why.conflicting if isinstance(why, LeaseConflict) else None
+    return ResultOut(
+        step_run_id=step_run_id,
+        status="rejected",
+        code=why.code,
+        detail=why.detail,
+        conflicting=conflicting,
+    )

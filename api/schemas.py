@@ -63,6 +63,28 @@ class TriggerIn(Strict):
     version: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
+class BulkRunIn(Strict):
+    input: Any = Field(default_factory=dict)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class BulkTriggerIn(Strict):
+    runs: list[BulkRunIn] = Field(min_length=1, max_length=10_000)
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+
+
+class BulkRunOut(BaseModel):
+    id: str
+    idempotency_key: str | None
+    created: bool
+
+
+class BulkTriggerOut(BaseModel):
+    workflow: str
+    version: int
+    runs: list[BulkRunOut]
+
+
 class AttemptOut(BaseModel):
     attempt: int
     worker_id: str
@@ -191,6 +213,33 @@ class FailIn(Strict):
 
 class OutcomeOut(BaseModel):
     status: str
+
+
+class ResultIn(Strict):
+    """One step run's result: a completion, or a failure when ``error`` is present."""
+
+    step_run_id: UUID
+    lease_token: UUID
+    output: Any = None
+    error: ErrorIn | None = None
+    retryable: bool = True
+    retry_after_s: float | None = Field(default=None, ge=0, le=86400)
+
+
+class ResultsIn(Strict):
+    results: list[ResultIn] = Field(min_length=1, max_length=10_000)
+
+
+class ResultOut(BaseModel):
+    step_run_id: str
+    status: Literal["succeeded", "queued", "failed", "rejected"]
+    code: str | None = None
+    detail: str | None = None
+    conflicting: bool | None = None
+
+
+class ResultsOut(BaseModel):
+    results: list[ResultOut]
 
 
 class Problem(BaseModel):

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     max_payload_bytes: int = 1024 * 1024
     max_body_bytes: int = 4 * 1024 * 1024
     max_steps: int = 256
+    max_batch: int = 1000
     list_limit_max: int = 500
 
     # Worker liveness for the cairn_workers_active gauge.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -9,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db import queries as Q
 from db import transitions
-from db.errors import LeaseConflict, NotFound
+from db.errors import CairnDBError, LeaseConflict, NotFound
 from db.types import Effects, PollResult, Task, WorkerInfo
 
 
@@ -211,6 +212,49 @@ async def _conflict(
     )
 
 
+async def complete_many(
+    conn: AsyncConnection,
+    tenant: str,
+    items: list[tuple[str, str, str]],
+    *,
+    effects: Effects,
+    now: datetime | None = None,
+) -> list[CairnDBError | None]:
+    """Apply completions ``(step_run_id, lease_token, output_json)``, each fenced by its token.
+
+    Three statements for the whole batch; a refused item gets the reason it was refused (after
+    any lease revocation it causes), in the order given.
+    """
+    doc = ",".join(
+        f'{{"id":{json.dumps(sid)},"token":{json.dumps(token)},"output":{{"v":{output}}}}}'
+        for sid, token, output in items
+    )
+    done = {
+        r.id: r
+        for r in await conn.execute(
+            Q.COMPLETE_MANY, {"items": f"[{doc}]", "tenant": tenant, "now": now}
+        )
+    }
+    if done:
+        effects.step_statuses["succeeded"] += len(done)
+        effects.step_durations.extend(float(r.duration or 0.0) for r in done.values())
+        await transitions.after_success(
+            conn, sorted({r.run_id for r in done.values()}), effects, now
+        )
+    results: list[CairnDBError | None] = []
+    for sid, token, output in items:
+        if sid in done:
+            results.append(None)
+            done.pop(sid)  # a repeated item in the batch is a duplicate, not a second success
+            continue
+        await _finish_cancelled_holder(conn, tenant, sid, token, effects, now)
+        try:
+            results.append(await _conflict(conn, tenant, sid, token, output))
+        except NotFound as err:
+            results.append(err)
+    return results
+
+
 async def complete(
     conn: AsyncConnection,
     tenant: str,
@@ -220,30 +264,12 @@ async def complete(
     *,
     effects: Effects,
     now: datetime | None = None,
-) -> LeaseConflict | None:
-    """Apply a completion, or return why it was refused (after committing any lease revocation)."""
-    row = (
-        await conn.execute(
-            Q.COMPLETE,
-            {
-                "id": step_run_id,
-                "tenant": tenant,
-                "token": token,
-                "output": output_json,
-                "now": now,
-            },
-        )
-    ).first()
-    if row is None:
-        await _finish_cancelled_holder(conn, tenant, step_run_id, token, effects, now)
-        return await _conflict(conn, tenant, step_run_id, token, output_json)
-    await transitions.close_attempt(conn, token, "succeeded", None, now)
-    effects.step_statuses["succeeded"] += 1
-    effects.step_durations.append(float(row.duration or 0.0))
-    await transitions.after_success(
-        conn, str(row.run_id), row.step_name, row.is_on_failure, effects, now
+) -> CairnDBError | None:
+    """Apply one completion, or return why it was refused."""
+    [result] = await complete_many(
+        conn, tenant, [(step_run_id, token, output_json)], effects=effects, now=now
     )
-    return None
+    return result
 
 
 async def _finish_cancelled_holder(

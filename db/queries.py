@@ -48,13 +48,17 @@ FROM workflows WHERE tenant_id = :tenant ORDER BY name, version DESC
 
 # --- runs ---------------------------------------------------------------------------------------
 
-# One statement creates the run and all its step runs; an idempotency-key conflict creates none.
-CREATE_RUN = q("""
-WITH r AS (
+# One statement creates runs and all their step runs; a run whose idempotency key is taken
+# is not created (nor are its steps).
+CREATE_RUNS = q("""
+WITH x AS (
+  SELECT * FROM jsonb_to_recordset(CAST(:runs AS jsonb)) AS x(id uuid, input jsonb, idem text)
+), r AS (
   INSERT INTO runs (id, tenant_id, workflow_id, workflow_name, version, status, input,
                     idempotency_key, trace_id, created_at)
-  VALUES (gen_random_uuid(), :tenant, :workflow_id, :name, :version, 'queued',
-          CAST(:input AS jsonb), :idem, gen_random_uuid(), {NOW})
+  SELECT x.id, :tenant, :workflow_id, :name, :version, 'queued', x.input -> 'v', x.idem,
+         gen_random_uuid(), {NOW}
+  FROM x
   ON CONFLICT (tenant_id, workflow_name, idempotency_key) DO NOTHING
   RETURNING id, tenant_id, created_at
 ), s AS (
@@ -75,11 +79,12 @@ WITH r AS (
     retries int, delivery text, timeout_s float8, schedule_timeout_s float8, backoff jsonb)
   RETURNING 1
 )
-SELECT r.id, (SELECT count(*) FROM s) AS steps FROM r
+SELECT r.id::text AS id, (SELECT count(*) FROM s) AS steps FROM r
 """)
 
-RUN_BY_IDEMPOTENCY_KEY = q("""
-SELECT id FROM runs WHERE tenant_id = :tenant AND workflow_name = :name AND idempotency_key = :idem
+RUNS_BY_IDEMPOTENCY_KEYS = q("""
+SELECT idempotency_key, id::text AS id FROM runs
+WHERE tenant_id = :tenant AND workflow_name = :name AND idempotency_key = ANY(:keys)
 """)
 
 RUN_COLUMNS = """id, workflow_name, version, status, input, idempotency_key, error, created_at,
@@ -142,15 +147,14 @@ WHERE id = :run
 
 # --- transitions shared by complete, fail and the reaper ------------------------------------------
 
-# Children of a finished step whose parents have all succeeded become queued, with their
-# parents' outputs. The caller holds the run lock, so two parents finishing cannot both miss it.
+# Pending steps of these runs whose parents have all succeeded become queued, with their
+# parents' outputs. The caller holds the runs' locks, so two parents finishing cannot both miss it.
 PROMOTE_READY = q("""
 UPDATE step_runs c SET status = 'queued', available_at = {NOW}, queued_at = {NOW},
   schedule_deadline = {NOW} + make_interval(secs => c.schedule_timeout_s),
   parent_outputs = (SELECT COALESCE(jsonb_object_agg(p.step_name, p.output), '{}'::jsonb)
                     FROM step_runs p WHERE p.run_id = c.run_id AND p.step_name = ANY(c.parents))
-WHERE c.run_id = :run AND c.status = 'pending' AND NOT c.is_on_failure
-  AND (CAST(:parent AS text) IS NULL OR CAST(:parent AS text) = ANY(c.parents))
+WHERE c.run_id = ANY(CAST(:runs AS uuid[])) AND c.status = 'pending' AND NOT c.is_on_failure
   AND NOT EXISTS (SELECT 1 FROM step_runs p WHERE p.run_id = c.run_id
                   AND p.step_name = ANY(c.parents) AND p.status <> 'succeeded')
 RETURNING c.tenant_id, c.action
@@ -175,33 +179,37 @@ WHERE run_id = :run AND is_on_failure AND status = 'pending'
 RETURNING tenant_id, action
 """)
 
-SETTLE_RUN = q(
+# Finish every run of the set with no open step left (an unused on_failure step is skipped);
+# mark the others running. One statement for any number of runs.
+SETTLE_RUNS = q(
     """
 WITH agg AS (
-  SELECT count(*) FILTER (
-           WHERE status IN {OPEN_STEP} AND NOT (is_on_failure AND status = 'pending')) AS open,
-         count(*) FILTER (WHERE status = 'failed' AND NOT is_on_failure) AS failed,
-         (SELECT jsonb_build_object('step', f.step_name, 'error', f.error) FROM step_runs f
-          WHERE f.run_id = :run AND f.status = 'failed' AND NOT f.is_on_failure
-          ORDER BY f.finished_at, f.position LIMIT 1) AS first_error
-  FROM step_runs WHERE run_id = :run
+  SELECT run_id,
+    count(*) FILTER (
+      WHERE status IN {OPEN_STEP} AND NOT (is_on_failure AND status = 'pending')) AS open,
+    count(*) FILTER (WHERE status = 'failed' AND NOT is_on_failure) AS failed
+  FROM step_runs WHERE run_id = ANY(CAST(:runs AS uuid[])) GROUP BY run_id
+), settled AS (
+  UPDATE runs SET
+    status = CASE WHEN agg.open > 0 THEN 'running'
+                  WHEN agg.failed > 0 THEN 'failed' ELSE 'succeeded' END,
+    finished_at = CASE WHEN agg.open > 0 THEN NULL ELSE {NOW} END,
+    started_at = COALESCE(runs.started_at, {NOW}),
+    error = CASE WHEN agg.open = 0 AND agg.failed > 0 THEN (
+      SELECT jsonb_build_object('step', f.step_name, 'error', f.error) FROM step_runs f
+      WHERE f.run_id = agg.run_id AND f.status = 'failed' AND NOT f.is_on_failure
+      ORDER BY f.finished_at, f.position LIMIT 1) END
+  FROM agg WHERE runs.id = agg.run_id AND runs.status IN ('queued', 'running')
+    AND (agg.open = 0 OR runs.status = 'queued')
+  RETURNING runs.id, runs.status
+), skipped AS (
+  UPDATE step_runs SET status = 'skipped', finished_at = {NOW}
+  WHERE run_id IN (SELECT id FROM settled WHERE status IN ('succeeded', 'failed'))
+    AND is_on_failure AND status = 'pending'
 )
-UPDATE runs SET status = CASE WHEN agg.failed > 0 THEN 'failed' ELSE 'succeeded' END,
-  finished_at = {NOW}, error = agg.first_error
-FROM agg WHERE runs.id = :run AND runs.status IN ('queued', 'running') AND agg.open = 0
-RETURNING runs.status
+SELECT id, status FROM settled
 """.replace("{OPEN_STEP}", OPEN_STEP)
 )
-
-SKIP_UNUSED_ON_FAILURE = q("""
-UPDATE step_runs SET status = 'skipped', finished_at = {NOW}
-WHERE run_id = :run AND is_on_failure AND status = 'pending'
-""")
-
-MARK_RUN_RUNNING = q("""
-UPDATE runs SET status = 'running', started_at = COALESCE(started_at, {NOW})
-WHERE id = :run AND status = 'queued'
-""")
 
 CLOSE_ATTEMPT = q("""
 UPDATE step_attempts SET ended_at = {NOW}, outcome = :outcome, error = CAST(:error AS jsonb)
@@ -327,19 +335,28 @@ SELECT id::text, status, worker_id::text AS worker_id,
 FROM step_runs WHERE id = ANY(CAST(:ids AS uuid[])) AND tenant_id = :tenant
 """)
 
-# Completion: lock the run first (lock order run → step everywhere), then the guarded update.
-COMPLETE = q(f"""
-WITH lock_run AS (
-  SELECT r.id FROM runs r WHERE r.id = (SELECT run_id FROM step_runs WHERE id = :id)
-  FOR UPDATE
+# Completion of many step runs: lock their runs first, in id order (lock order run → step
+# everywhere), then the guarded update, closing each attempt in the same statement.
+COMPLETE_MANY = q(f"""
+WITH items AS (
+  SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(id uuid, token uuid, output jsonb)
+), locked AS (
+  SELECT r.id FROM runs r
+  WHERE r.id IN (SELECT s.run_id FROM step_runs s JOIN items i ON i.id = s.id)
+  ORDER BY r.id FOR UPDATE
+), done AS (
+  UPDATE step_runs s SET status = 'succeeded', output = i.output -> 'v', error = NULL,
+    {CLEAR_LEASE}, finished_at = {{NOW}}
+  FROM items i, (SELECT count(*) AS n FROM locked) l
+  WHERE s.id = i.id AND s.tenant_id = :tenant AND s.status = 'running' AND l.n >= 0
+    AND s.lease_token = i.token AND s.cancel_requested_at IS NULL
+    AND s.lease_expires_at > {{NOW}}
+  RETURNING s.id, s.run_id, i.token, EXTRACT(EPOCH FROM ({{NOW}} - s.started_at)) AS duration
+), hist AS (
+  UPDATE step_attempts a SET ended_at = {{NOW}}, outcome = 'succeeded'
+  FROM done WHERE a.lease_token = done.token AND a.outcome = 'running'
 )
-UPDATE step_runs s SET status = 'succeeded', output = CAST(:output AS jsonb), error = NULL,
-  {CLEAR_LEASE}, finished_at = {{NOW}}
-FROM lock_run
-WHERE s.id = :id AND s.run_id = lock_run.id AND s.tenant_id = :tenant AND s.status = 'running'
-  AND s.lease_token = :token AND s.cancel_requested_at IS NULL AND s.lease_expires_at > {{NOW}}
-RETURNING s.run_id, s.step_name, s.is_on_failure,
-  EXTRACT(EPOCH FROM ({{NOW}} - s.started_at)) AS duration
+SELECT id::text AS id, run_id::text AS run_id, duration FROM done
 """)
 
 LOCK_HELD_STEP = q("""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +57,65 @@ def _run(row: Any, steps: tuple[StepRun, ...] | None = None) -> Run:
     )
 
 
+async def trigger_many(
+    conn: AsyncConnection,
+    tenant: str,
+    workflow: str,
+    items: list[tuple[str, str | None]],
+    *,
+    version: int | None,
+    effects: Effects,
+    now: datetime | None = None,
+) -> tuple[int, list[tuple[str, bool]]]:
+    """Create runs ``(input_json, idempotency_key)`` in one statement.
+
+    Returns the version used and, per item in order, ``(run_id, created)``: an item whose
+    idempotency key was already used gets the existing run and ``created=False``.
+    """
+    definition, workflow_id = await wf.get(conn, tenant, workflow, version, with_versions=False)
+    ids = [str(uuid.uuid4()) for _ in items]
+    doc = ",".join(
+        f'{{"id":"{rid}","input":{{"v":{input_json}}},"idem":{json.dumps(idem)}}}'
+        for rid, (input_json, idem) in zip(ids, items, strict=True)
+    )
+    created = {
+        r.id
+        for r in await conn.execute(
+            Q.CREATE_RUNS,
+            {
+                "tenant": tenant,
+                "workflow_id": workflow_id,
+                "name": workflow,
+                "version": definition.version,
+                "runs": f"[{doc}]",
+                "steps": _steps_doc(definition.definition),
+                "now": now,
+            },
+        )
+    }
+    existing: dict[str, str] = {}
+    missing = [idem for rid, (_, idem) in zip(ids, items, strict=True) if rid not in created]
+    if missing:
+        rows = await conn.execute(
+            Q.RUNS_BY_IDEMPOTENCY_KEYS, {"tenant": tenant, "name": workflow, "keys": missing}
+        )
+        existing = {r.idempotency_key: r.id for r in rows}
+    result: list[tuple[str, bool]] = []
+    for rid, (_, idem) in zip(ids, items, strict=True):
+        if rid in created:
+            result.append((rid, True))
+        elif idem is not None and idem in existing:
+            result.append((existing[idem], False))
+        else:  # pragma: no cover - a conflict without a key cannot happen
+            raise InvalidState(f"run for idempotency key {idem!r} vanished; retry")
+    if created:
+        roots = [s for s in definition.definition["steps"] if not s["parents"]]
+        for s in roots:
+            effects.notify.add((tenant, s["action"]))
+        effects.step_statuses["queued"] += len(roots) * len(created)
+    return definition.version, result
+
+
 async def trigger(
     conn: AsyncConnection,
     tenant: str,
@@ -67,45 +127,25 @@ async def trigger(
     effects: Effects,
     now: datetime | None = None,
 ) -> tuple[Run, bool]:
-    """Create a run (and its step runs) in one statement. Returns (run, created)."""
+    """Create one run (and its step runs). Returns (run, created)."""
     if idempotency_key is not None:
-        existing = (
-            await conn.execute(
-                Q.RUN_BY_IDEMPOTENCY_KEY,
-                {"tenant": tenant, "name": workflow, "idem": idempotency_key},
-            )
-        ).first()
-        if existing is not None:
-            return await get(conn, tenant, str(existing.id)), False
-    definition, workflow_id = await wf.get(conn, tenant, workflow, version)
-    row = (
-        await conn.execute(
-            Q.CREATE_RUN,
-            {
-                "tenant": tenant,
-                "workflow_id": workflow_id,
-                "name": workflow,
-                "version": definition.version,
-                "input": input_json,
-                "idem": idempotency_key,
-                "steps": _steps_doc(definition.definition),
-                "now": now,
-            },
+        rows = await conn.execute(
+            Q.RUNS_BY_IDEMPOTENCY_KEYS,
+            {"tenant": tenant, "name": workflow, "keys": [idempotency_key]},
         )
-    ).first()
-    if row is None:  # lost an idempotency-key race to a concurrent trigger
-        existing = (
-            await conn.execute(
-                Q.RUN_BY_IDEMPOTENCY_KEY,
-                {"tenant": tenant, "name": workflow, "idem": idempotency_key},
-            )
-        ).one()
-        return await get(conn, tenant, str(existing.id)), False
-    for s in definition.definition["steps"]:
-        if not s["parents"]:
-            effects.notify.add((tenant, s["action"]))
-            effects.step_statuses["queued"] += 1
-    return await get(conn, tenant, str(row.id)), True
+        existing = rows.first()
+        if existing is not None:
+            return await get(conn, tenant, existing.id), False
+    _, [(run_id, created)] = await trigger_many(
+        conn,
+        tenant,
+        workflow,
+        [(input_json, idempotency_key)],
+        version=version,
+        effects=effects,
+        now=now,
+    )
+    return await get(conn, tenant, run_id), created
 
 
 async def get(conn: AsyncConnection, tenant: str, run_id: str) -> Run:
@@ -242,5 +282,5 @@ async def replay(
         retries[handler["name"]] = handler["retries"]
     await conn.execute(Q.REPLAY_RESET_STEPS, {"run": run_id, "retries": json.dumps(retries)})
     await conn.execute(Q.REPLAY_START_RUN, {"run": run_id, "now": now})
-    await transitions.promote_children(conn, run_id, None, effects, now)
+    await transitions.promote_children(conn, [run_id], effects, now)
     return await get(conn, tenant, run_id)

@@ -54,35 +54,36 @@ async def notify(conn: AsyncConnection, effects: Effects) -> None:
 
 
 async def promote_children(
-    conn: AsyncConnection, run_id: str, parent: str | None, effects: Effects, now: datetime | None
+    conn: AsyncConnection, run_ids: list[str], effects: Effects, now: datetime | None
 ) -> None:
-    rows = await conn.execute(Q.PROMOTE_READY, {"run": run_id, "parent": parent, "now": now})
+    """Queue the pending steps of these runs whose parents have all succeeded."""
+    rows = await conn.execute(Q.PROMOTE_READY, {"runs": run_ids, "now": now})
     for tenant, action in rows:
         effects.notify.add((str(tenant), action))
         effects.step_statuses["queued"] += 1
 
 
+async def settle_runs(
+    conn: AsyncConnection, run_ids: list[str], effects: Effects, now: datetime | None
+) -> None:
+    """Finish the runs with no open step left; mark the others running."""
+    for row in await conn.execute(Q.SETTLE_RUNS, {"runs": run_ids, "now": now}):
+        if row.status in ("succeeded", "failed"):
+            effects.run_statuses[row.status] += 1
+
+
 async def settle_run(
     conn: AsyncConnection, run_id: str, effects: Effects, now: datetime | None
 ) -> None:
-    """Finish the run if none of its steps is left open."""
-    row = (await conn.execute(Q.SETTLE_RUN, {"run": run_id, "now": now})).first()
-    if row is not None:
-        effects.run_statuses[row.status] += 1
-        await conn.execute(Q.SKIP_UNUSED_ON_FAILURE, {"run": run_id, "now": now})
+    await settle_runs(conn, [run_id], effects, now)
 
 
 async def after_success(
-    conn: AsyncConnection,
-    run_id: str,
-    step_name: str,
-    is_on_failure: bool,
-    effects: Effects,
-    now: datetime | None,
+    conn: AsyncConnection, run_ids: list[str], effects: Effects, now: datetime | None
 ) -> None:
-    if not is_on_failure:
-        await promote_children(conn, run_id, step_name, effects, now)
-    await settle_run(conn, run_id, effects, now)
+    """Steps of these runs succeeded: queue what became ready, settle what is done."""
+    await promote_children(conn, run_ids, effects, now)
+    await settle_runs(conn, run_ids, effects, now)
 
 
 async def after_permanent_failure(

@@ -52,7 +52,12 @@ async def register(
 
 
 async def get(
-    conn: AsyncConnection, tenant: str, name: str, version: int | None = None
+    conn: AsyncConnection,
+    tenant: str,
+    name: str,
+    version: int | None = None,
+    *,
+    with_versions: bool = True,
 ) -> tuple[Workflow, int]:
     """The latest (or given) version and its row id."""
     if version is None:
@@ -66,9 +71,10 @@ async def get(
     if row is None:
         what = f"workflow {name!r}" + ("" if version is None else f" version {version}")
         raise NotFound(f"{what} is not registered")
-    versions = tuple(
-        v for (v,) in await conn.execute(Q.WORKFLOW_VERSIONS, {"tenant": tenant, "name": name})
-    )
+    versions: tuple[int, ...] = ()
+    if with_versions:
+        rows = await conn.execute(Q.WORKFLOW_VERSIONS, {"tenant": tenant, "name": name})
+        versions = tuple(v for (v,) in rows)
     return _workflow(row, versions), int(row.id)
 
 
