@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -66,6 +66,32 @@ def trigger(
     )
 
 
+def trigger_many(
+    name: str,
+    inputs: Sequence[Any],
+    *,
+    idempotency_keys: Sequence[str | None] | None = None,
+    version: int | None = None,
+) -> Call:
+    keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(inputs)
+    if len(keys) != len(inputs):
+        raise ValueError("idempotency_keys must match inputs one to one")
+    runs = [
+        {"input": item, **({"idempotency_key": key} if key is not None else {})}
+        for item, key in zip(inputs, keys, strict=True)
+    ]
+    body: dict[str, Any] = {"runs": runs}
+    if version is not None:
+        body["version"] = version
+    # Resending is safe only when every run carries an idempotency key.
+    return Call(
+        "POST",
+        f"{PREFIX}/workflows/{_seg(name)}/runs/bulk",
+        _json(body),
+        idempotent=all(k is not None for k in keys),
+    )
+
+
 def get_run(run_id: str) -> Call:
     return Call("GET", f"{PREFIX}/runs/{_seg(run_id)}")
 
@@ -119,6 +145,12 @@ def heartbeat(worker_id: str, step_run_ids: Iterable[str]) -> Call:
 
 def deregister_worker(worker_id: str) -> Call:
     return Call("DELETE", f"{PREFIX}/workers/{_seg(worker_id)}")
+
+
+def results(items: Sequence[bytes]) -> Call:
+    """Many results in one request; each item is a JSON object already encoded."""
+    body = b'{"results":[' + b",".join(items) + b"]}"
+    return Call("POST", f"{PREFIX}/step-runs/results", body)
 
 
 def report(step_run_id: str, lease_token: str, outcome: Outcome) -> Call:

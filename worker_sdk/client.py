@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -126,6 +126,20 @@ class Client:
         result: dict[str, Any] = self.call(call)
         return result
 
+    def trigger_many(
+        self,
+        workflow_name: str,
+        inputs: Sequence[Any],
+        idempotency_keys: Sequence[str | None] | None = None,
+        version: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Start many runs in one request; returns ``[{id, idempotency_key, created}]`` in order."""
+        call = calls.trigger_many(
+            workflow_name, inputs, idempotency_keys=idempotency_keys, version=version
+        )
+        runs: list[dict[str, Any]] = self.call(call)["runs"]
+        return runs
+
     def get_run(self, run_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.call(calls.get_run(run_id))
         return result
@@ -242,6 +256,19 @@ class AsyncClient:
         call = calls.trigger(workflow_name, input, idempotency_key=idempotency_key, version=version)
         result: dict[str, Any] = await self.call(call)
         return result
+
+    async def trigger_many(
+        self,
+        workflow_name: str,
+        inputs: Sequence[Any],
+        idempotency_keys: Sequence[str | None] | None = None,
+        version: int | None = None,
+    ) -> list[dict[str, Any]]:
+        call = calls.trigger_many(
+            workflow_name, inputs, idempotency_keys=idempotency_keys, version=version
+        )
+        runs: list[dict[str, Any]] = (await self.call(call))["runs"]
+        return runs
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.call(calls.get_run(run_id))

@@ -26,6 +26,7 @@ from worker_sdk.errors import APIError, CairnError, HTTPError
 from worker_sdk.execution import action_table, run_step
 from worker_sdk.heartbeat import Heartbeater, Registration
 from worker_sdk.outcome import Outcome
+from worker_sdk.reporter import SEND_ONE_BY_ONE, Reporter
 from worker_sdk.transport import RetryPolicy, asend, send
 from worker_sdk.workflow import StepSpec, Workflow
 
@@ -88,6 +89,7 @@ class Worker:
         self._slot_freed: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._ahttp: httpx.AsyncClient | None = None
+        self._reporter: Reporter | None = None
         self.registration: Registration | None = None
 
     @property
@@ -158,6 +160,8 @@ class Worker:
             transport=self._async_transport,
         )
         self._executor = ThreadPoolExecutor(self.slots, thread_name_prefix="cairn-step")
+        self._reporter = Reporter(self._ahttp, deadline_s=self._report_deadline)
+        reporting = asyncio.create_task(self._reporter.run(), name="cairn-report")
         self.registration = reg = Registration(
             control,
             name=self.name,
@@ -181,6 +185,7 @@ class Worker:
             heart.start()
             await self._serve()
         finally:
+            await self._reporter.close(reporting)
             heart.stop()
             await asyncio.to_thread(reg.deregister)
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -188,6 +193,10 @@ class Worker:
             control.close()
             beat_http.close()
             log.info("worker %s stopped", self.name)
+
+    def _report_deadline(self) -> float:
+        reg = self.registration
+        return reg.lease_timeout_s if reg is not None else 60.0
 
     def _start_up(self, control: httpx.Client, reg: Registration) -> None:
         policy = RetryPolicy(deadline_s=60.0, max_delay_s=5.0)
@@ -329,6 +338,33 @@ class Worker:
         return await run_step(held.spec, held.ctx, self._executor, dropped=lambda: held.dropped)
 
     async def _report(self, held: _Held, result: Outcome) -> None:
+        assert self._reporter is not None
+        task = held.task
+        try:
+            verdict = await self._reporter.report(
+                task.step_run_id, task.lease_token, result, give_up=lambda: held.dropped
+            )
+        except APIError as exc:
+            held.ctx.log.error("could not report %s: %s", result.kind, exc)
+            return
+        except HTTPError as exc:
+            held.ctx.log.error("could not report %s, the lease will expire: %s", result.kind, exc)
+            return
+        status = verdict.get("status")
+        if status == SEND_ONE_BY_ONE:
+            await self._report_single(held, result)
+        elif status == "rejected":
+            held.ctx.log.warning(
+                "%s not accepted, dropped: %s (%s)",
+                result.kind,
+                verdict.get("code"),
+                verdict.get("detail"),
+            )
+        elif status != "dropped":
+            held.ctx.log.info("%s reported", "success" if result.kind == "complete" else "failure")
+
+    async def _report_single(self, held: _Held, result: Outcome) -> None:
+        """The one-result endpoints, for when a batch was refused as a whole."""
         assert self._ahttp is not None and self.registration is not None
         task = held.task
         try:
@@ -345,7 +381,7 @@ class Worker:
             elif exc.status in (413, 422) and result.kind == "complete":
                 held.ctx.log.error("server rejected the step output: %s", exc)
                 rejected = outcome.fail("OutputRejected", str(exc), retryable=False)
-                await self._report(held, rejected)
+                await self._report_single(held, rejected)
             else:
                 held.ctx.log.error("could not report %s: %s", result.kind, exc)
             return

@@ -66,6 +66,17 @@ class FakeServer:
                 return httpx.Response(
                     200, json={"step_runs": {i: self.verdicts.get(i, "held") for i in ids}}
                 )
+            if path == "/step-runs/results":
+                out = []
+                for item in body["results"]:
+                    sr = item.pop("step_run_id")
+                    kind = "fail" if "error" in item else "complete"
+                    self.reports.append((sr, kind, item))
+                    if self.report_status == 200:
+                        out.append({"step_run_id": sr, "status": "succeeded"})
+                    else:
+                        out.append({"step_run_id": sr, "status": "rejected", "code": "lease_lost"})
+                return httpx.Response(200, json={"results": out})
             if path.startswith("/step-runs/"):
                 _, _, sr, kind = path.split("/")
                 self.reports.append((sr, kind, body))
