@@ -191,3 +191,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``cairn serve --workers N``: every process reads the same environment."""
+    return create_app(Settings())

@@ -39,23 +39,47 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=5,
-        )
+        if args.workers > 1:
+            # Several processes share the socket; each builds its app from the environment.
+            asyncio.run(_migrate_url(settings.database_url or ""))
+            os.environ["CAIRN_DATABASE_URL"] = settings.database_url or ""
+            os.environ["CAIRN_RUN_MIGRATIONS"] = "false"
+            uvicorn.run(
+                "api.app:app_from_env",
+                factory=True,
+                workers=args.workers,
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
+                timeout_graceful_shutdown=5,
+            )
+        else:
+            uvicorn.run(
+                create_app(settings),
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
+                timeout_graceful_shutdown=5,
+            )
     finally:
         if embedded is not None:
             embedded.stop()
     return 0
 
 
+async def _migrate_url(url: str) -> None:
+    from db.engine import create_engine, migrate
+
+    engine = create_engine(url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from api.settings import Settings
     from db.embedded import EmbeddedPostgres
-    from db.engine import create_engine, migrate
 
     settings = Settings()
     embedded = None
@@ -63,16 +87,8 @@ def _migrate(args: argparse.Namespace) -> int:
     if url is None:
         embedded = EmbeddedPostgres(args.data_dir or settings.data_dir)
         url = embedded.start()
-
-    async def run() -> None:
-        engine = create_engine(url)
-        try:
-            await migrate(engine)
-        finally:
-            await engine.dispose()
-
     try:
-        asyncio.run(run())
+        asyncio.run(_migrate_url(url))
     finally:
         if embedded is not None:
             embedded.stop()
@@ -87,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="bind address (CAIRN_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (CAIRN_PORT, default 8080)")
     serve.add_argument("--data-dir", help="embedded Postgres data dir (CAIRN_DATA_DIR)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
+    )
     migrate = sub.add_parser("migrate", help="bring the database schema to head")
     migrate.add_argument("--data-dir", help="embedded Postgres data dir (CAIRN_DATA_DIR)")
     worker = sub.add_parser("worker", help="run a worker: cairn worker module:attr [--url ...]")

@@ -87,7 +87,7 @@ def procs(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 def server(procs: Callable[..., Proc], db_url: str) -> Callable[..., Proc]:
     """Start a `cairn serve` replica on the test database; returns once /readyz is green."""
 
-    def start(**settings: Any) -> Proc:
+    def start(*args: str, **settings: Any) -> Proc:
         port = free_port()
         env = {
             "CAIRN_DATABASE_URL": db_url,
@@ -98,7 +98,7 @@ def server(procs: Callable[..., Proc], db_url: str) -> Callable[..., Proc]:
         }
         env.update({f"CAIRN_{k.upper()}": str(v) for k, v in settings.items()})
         url = f"http://127.0.0.1:{port}"
-        proc = procs([sys.executable, "-m", "api.cli", "serve"], env, "server", url)
+        proc = procs([sys.executable, "-m", "api.cli", "serve", *args], env, "server", url)
 
         def ready() -> bool:
             if proc.popen.poll() is not None:

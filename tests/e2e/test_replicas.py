@@ -58,3 +58,35 @@ async def test_two_replicas_many_pollers_never_double_assign(server: Callable[..
             await http.get(f"{b.url}/api/v1/runs", params={"status": "succeeded", "limit": 500})
         ).json()
         assert len(page["runs"]) == RUNS
+
+
+async def test_multi_process_server(server: Callable[..., Proc]) -> None:
+    srv = server("--workers", "2")
+    async with httpx.AsyncClient(base_url=f"{srv.url}/api/v1", timeout=30) as http:
+        await http.put("/workflows/mp", json={"steps": [{"name": "s"}]})
+        r = await http.post(
+            "/workflows/mp/runs/bulk", json={"runs": [{"input": i} for i in range(20)]}
+        )
+        assert r.status_code == 201
+        w = (
+            await http.post("/workers", json={"name": "w", "actions": ["mp.s"], "slots": 20})
+        ).json()
+        done = 0
+        while done < 20:
+            tasks = (
+                await http.post(f"/workers/{w['id']}/poll", json={"max_tasks": 20, "wait_s": 1})
+            ).json()["tasks"]
+            items = [
+                {
+                    "step_run_id": t["step_run_id"],
+                    "lease_token": t["lease_token"],
+                    "output": t["input"],
+                }
+                for t in tasks
+            ]
+            if items:
+                out = (await http.post("/step-runs/results", json={"results": items})).json()
+                assert {o["status"] for o in out["results"]} == {"succeeded"}
+            done += len(items)
+        runs = (await http.get("/runs", params={"workflow": "mp", "status": "succeeded"})).json()
+        assert len(runs["runs"]) == 20
