@@ -14,8 +14,10 @@ from tests.integration.conftest import Api
 
 async def test_bulk_trigger_with_idempotency_keys(api: Api) -> None:
     await api.register("bulk", [{"name": "a"}, {"name": "b", "parents": ["a"]}])
-    runs = [{"input": {"i": i}, **({"idempotency_key": f"k{i % 3}"} if i < 6 else {})}
-            for i in range(10)]
+    runs = [
+        {"input": {"i": i}, **({"idempotency_key": f"k{i % 3}"} if i < 6 else {})}
+        for i in range(10)
+    ]
     first = await api.json("POST", "/workflows/bulk/runs/bulk", 201, json={"runs": runs})
     assert first["version"] == 1 and len(first["runs"]) == 10
     by_key: dict[str, set[str]] = {}
@@ -45,19 +47,37 @@ async def test_batched_results_are_fenced_per_item(api: Api) -> None:
     items: list[dict[str, Any]] = [
         {"step_run_id": t[0]["step_run_id"], "lease_token": t[0]["lease_token"], "output": 0},
         {"step_run_id": t[1]["step_run_id"], "lease_token": t[1]["lease_token"], "output": 1},
-        {"step_run_id": t[2]["step_run_id"], "lease_token": t[2]["lease_token"],
-         "error": {"type": "Boom", "message": "x"}, "retryable": True, "retry_after_s": 0},
+        {
+            "step_run_id": t[2]["step_run_id"],
+            "lease_token": t[2]["lease_token"],
+            "error": {"type": "Boom", "message": "x"},
+            "retryable": True,
+            "retry_after_s": 0,
+        },
         {"step_run_id": t[3]["step_run_id"], "lease_token": t[4]["lease_token"], "output": 3},
         {"step_run_id": str(uuid.uuid4()), "lease_token": t[4]["lease_token"], "output": 4},
-        {"step_run_id": t[4]["step_run_id"], "lease_token": t[4]["lease_token"],
-         "error": {"type": "Fatal", "message": "y"}, "retryable": False},
+        {
+            "step_run_id": t[4]["step_run_id"],
+            "lease_token": t[4]["lease_token"],
+            "error": {"type": "Fatal", "message": "y"},
+            "retryable": False,
+        },
     ]
     out = (await api.json("POST", "/step-runs/results", json={"results": items}))["results"]
     assert [(o["status"], o["code"]) for o in out] == [
-        ("succeeded", None), ("succeeded", None), ("queued", None),
-        ("rejected", "lease_lost"), ("rejected", "not_found"), ("failed", None)]
-    assert await api.metric("cairn_duplicate_completions_total", reason="lease_lost",
-                            conflicting="true") == 1
+        ("succeeded", None),
+        ("succeeded", None),
+        ("queued", None),
+        ("rejected", "lease_lost"),
+        ("rejected", "not_found"),
+        ("failed", None),
+    ]
+    assert (
+        await api.metric(
+            "cairn_duplicate_completions_total", reason="lease_lost", conflicting="true"
+        )
+        == 1
+    )
     # The same batch again: every completion is now a benign duplicate.
     again = (await api.json("POST", "/step-runs/results", json={"results": items[:2]}))["results"]
     assert [(o["code"], o["conflicting"]) for o in again] == [("already_finished", False)] * 2
@@ -84,8 +104,10 @@ async def lifecycle(api: Api, n: int) -> list[str]:
         await api.json("POST", "/workflows/cost/runs/bulk", 201, json={"runs": [{}] * n})
         tasks = await api.poll(w, max_tasks=n)
         assert len(tasks) == n
-        results = [{"step_run_id": t["step_run_id"], "lease_token": t["lease_token"],
-                    "output": None} for t in tasks]
+        results = [
+            {"step_run_id": t["step_run_id"], "lease_token": t["lease_token"], "output": None}
+            for t in tasks
+        ]
         out = await api.json("POST", "/step-runs/results", json={"results": results})
         assert {o["status"] for o in out["results"]} == {"succeeded"}
     return seen

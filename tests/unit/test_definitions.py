@@ -32,8 +32,16 @@ def test_same_definition_hashes_the_same_whatever_the_key_order() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"steps": [{"name": "a", "parents": ["c"]}, {"name": "c", "parents": ["b"]},
-                    {"name": "b", "parents": ["a"]}]}, "cycle"),
+        (
+            {
+                "steps": [
+                    {"name": "a", "parents": ["c"]},
+                    {"name": "c", "parents": ["b"]},
+                    {"name": "b", "parents": ["a"]},
+                ]
+            },
+            "cycle",
+        ),
         ({"steps": [{"name": "x" * 65}]}, "must match"),
         ({"steps": [{"name": "a"}], "on_failure": {"name": "a"}}, "already a step"),
         ({"steps": [{"name": "a"}], "on_failure": {"name": "h", "parents": ["a"]}}, "parents"),

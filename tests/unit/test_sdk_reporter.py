@@ -25,8 +25,12 @@ async def test_results_queue_behind_an_in_flight_request() -> None:
         batches.append(items)
         if len(batches) == 1:
             await release.wait()
-        return httpx.Response(200, json={"results": [
-            {"step_run_id": i["step_run_id"], "status": "succeeded"} for i in items]})
+        return httpx.Response(
+            200,
+            json={
+                "results": [{"step_run_id": i["step_run_id"], "status": "succeeded"} for i in items]
+            },
+        )
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://c") as h:
         reporter = Reporter(h, deadline_s=lambda: 5.0)
@@ -34,8 +38,10 @@ async def test_results_queue_behind_an_in_flight_request() -> None:
         first = asyncio.create_task(reporter.report("s0", "t0", complete(0), lambda: False))
         while not batches:
             await asyncio.sleep(0.001)
-        rest = [asyncio.create_task(reporter.report(f"s{i}", f"t{i}", complete(i), lambda: False))
-                for i in range(1, 6)]
+        rest = [
+            asyncio.create_task(reporter.report(f"s{i}", f"t{i}", complete(i), lambda: False))
+            for i in range(1, 6)
+        ]
         await asyncio.sleep(0.01)
         release.set()
         verdicts = await asyncio.gather(first, *rest)
