@@ -1,0 +1,93 @@
+"""Invariant checks run straight against the database (``cairn check``).
+
+Each check is one query returning offending rows; an empty result means the invariant holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    check: str
+    detail: str
+
+
+CHECKS: dict[str, str] = {
+    # A running step run must have a holder whose lease is live (allowing the reaper some slack).
+    "running_without_live_lease": """
+        SELECT s.id::text, s.lease_expires_at::text FROM step_runs s
+        WHERE s.status = 'running'
+          AND (s.lease_token IS NULL OR s.lease_expires_at < now() - make_interval(secs => :slack))
+    """,
+    "terminal_with_open_lease": """
+        SELECT id::text, status FROM step_runs
+        WHERE status IN ('succeeded', 'failed', 'cancelled', 'skipped')
+          AND (lease_token IS NOT NULL OR lease_expires_at IS NOT NULL)
+    """,
+    "open_attempt_on_finished_step": """
+        SELECT a.step_run_id::text, a.attempt::text FROM step_attempts a
+        JOIN step_runs s ON s.id = a.step_run_id
+        WHERE a.outcome = 'running' AND (s.status <> 'running' OR a.attempt <> s.attempt)
+    """,
+    # Attempts are numbered 1..attempt with no gap and no duplicate.
+    "attempt_gaps": """
+        SELECT s.id::text, s.attempt || ' vs ' || count(a.id) || ' rows, max ' ||
+               COALESCE(max(a.attempt), 0)
+        FROM step_runs s LEFT JOIN step_attempts a ON a.step_run_id = s.id
+        GROUP BY s.id, s.attempt
+        HAVING count(a.id) <> s.attempt OR COALESCE(max(a.attempt), 0) <> s.attempt
+    """,
+    # A succeeded step has exactly one succeeded attempt, and it is the last one.
+    "succeeded_attempts": """
+        SELECT s.id::text, count(a.id) FILTER (WHERE a.outcome = 'succeeded')::text
+        FROM step_runs s LEFT JOIN step_attempts a ON a.step_run_id = s.id
+        GROUP BY s.id, s.status, s.attempt
+        HAVING (s.status = 'succeeded') <> (count(a.id) FILTER (
+                 WHERE a.outcome = 'succeeded' AND a.attempt = s.attempt) = 1)
+            OR count(a.id) FILTER (WHERE a.outcome = 'succeeded') > 1
+    """,
+    # A finished run agrees with its steps; an unfinished run still has work it is waiting for.
+    "run_status_agrees": """
+        SELECT r.id::text, r.status || ': ' || string_agg(DISTINCT s.status, ',')
+        FROM runs r JOIN step_runs s ON s.run_id = r.id
+        GROUP BY r.id, r.status
+        HAVING (r.status = 'succeeded' AND bool_or(
+                  s.status NOT IN ('succeeded', 'skipped')
+                  OR (s.status = 'skipped' AND NOT s.is_on_failure)))
+            OR (r.status = 'failed' AND (NOT bool_or(s.status = 'failed' AND NOT s.is_on_failure)
+                  OR bool_or(s.status IN ('pending', 'queued', 'running')
+                             AND NOT (s.is_on_failure AND s.status = 'pending'))))
+            OR (r.status = 'cancelled' AND bool_or(s.status IN ('pending', 'queued')
+                  OR (s.status = 'running' AND s.cancel_requested_at IS NULL)))
+            OR (r.status IN ('queued', 'running') AND NOT bool_or(
+                  s.status IN ('queued', 'running')
+                  OR (s.status = 'pending' AND NOT s.is_on_failure)))
+    """,
+    # A queued or pending step's parents agree with its state.
+    "ready_steps_queued": """
+        SELECT c.id::text, c.step_name FROM step_runs c
+        JOIN runs r ON r.id = c.run_id AND r.status IN ('queued', 'running')
+        WHERE c.status = 'pending' AND NOT c.is_on_failure
+          AND NOT EXISTS (SELECT 1 FROM step_runs p WHERE p.run_id = c.run_id
+                          AND p.step_name = ANY(c.parents) AND p.status <> 'succeeded')
+    """,
+    "finished_iff_terminal": """
+        SELECT id::text, status FROM runs
+        WHERE (finished_at IS NOT NULL) <> (status IN ('succeeded', 'failed', 'cancelled'))
+    """,
+}
+
+
+async def run_checks(conn: AsyncConnection, *, slack_s: float = 30.0) -> list[Violation]:
+    """All invariant violations found (empty when the database is consistent)."""
+    found: list[Violation] = []
+    for name, sql in CHECKS.items():
+        rows = await conn.execute(text(sql), {"slack": slack_s})
+        for row in rows.all()[:100]:
+            found.append(Violation(name, " ".join(str(v) for v in row)))
+    return found
