@@ -74,7 +74,8 @@ async def test_random_worker_kills_lose_nothing(
             attempts = (
                 await conn.execute(
                     text(
-                        "SELECT a.outcome, w.name FROM step_attempts a JOIN workers w ON w.id = a.worker_id"
+                        "SELECT a.outcome, w.name FROM step_attempts a "
+                        "JOIN workers w ON w.id = a.worker_id"
                     )
                 )
             ).all()
