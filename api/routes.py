@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.convert import run_out, workflow_out
+from api.problems import TITLES
 from api.schemas import (
     BulkRunOut,
     BulkTriggerIn,
     BulkTriggerOut,
-    Problem,
     RunList,
     RunOut,
     TriggerIn,
@@ -32,9 +32,10 @@ from db.types import Effects
 router = APIRouter(prefix="/api/v1")
 Svc = Annotated[Service, Depends(service)]
 Tenant = Annotated[str, Depends(tenant_id)]
+PROBLEM_CONTENT = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}}
-    for code in (400, 404, 409, 413, 422, 503)
+    code: {"description": TITLES[code], "content": PROBLEM_CONTENT}
+    for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 WorkflowName = Annotated[str, Query(pattern=r"^[a-z0-9_.-]{1,64}$")]

@@ -57,7 +57,11 @@ def _lease_settings(svc: Service, body: WorkerIn) -> tuple[float, float]:
 
 @router.post("/workers", response_model=WorkerOut, status_code=201, responses=ERRORS)
 async def register_worker(body: WorkerIn, svc: Svc, tenant: Tenant) -> WorkerOut:
-    """Register a worker. Heartbeat interval and lease timeout are clamped to server bounds."""
+    """Register a worker.
+
+    The lease timeout is clamped to the server's bounds; a heartbeat interval above a third of
+    the lease timeout is refused (422). Omitted values take the server defaults.
+    """
     hb, lease = _lease_settings(svc, body)
     for action in body.actions:
         if not 1 <= len(action) <= 200 or not action.isprintable():

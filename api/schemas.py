@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Strict as StrictInput
 
-Name = Field(pattern=r"^[a-z0-9_.-]{1,64}$", min_length=1, max_length=64)
+# Request bodies take JSON types as they are: no bool → int, no "2" → 2.
+SInt = Annotated[int, StrictInput()]
+SFloat = Annotated[float, StrictInput()]  # an integer is a fine float
+SBool = Annotated[bool, StrictInput()]
+NAME_PATTERN = r"^[a-z0-9_.-]{1,64}$"
+ACTION_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"
 
 
 class Strict(BaseModel):
@@ -19,20 +25,22 @@ class Strict(BaseModel):
 
 
 class BackoffIn(Strict):
-    initial_s: float | None = Field(default=None, ge=0, le=86400)
-    factor: float | None = Field(default=None, ge=1, le=100)
-    max_s: float | None = Field(default=None, ge=0, le=86400)
-    jitter: float | None = Field(default=None, ge=0, le=1)
+    initial_s: SFloat | None = Field(default=None, ge=0, le=86400)
+    factor: SFloat | None = Field(default=None, ge=1, le=100)
+    max_s: SFloat | None = Field(default=None, ge=0, le=86400)
+    jitter: SFloat | None = Field(default=None, ge=0, le=1)
 
 
 class StepIn(Strict):
-    name: str = Field(min_length=1, max_length=64)
-    action: str | None = Field(default=None, min_length=1, max_length=200)
-    parents: list[str] = Field(default_factory=list, max_length=256)
-    retries: int = Field(default=0, ge=0, le=1000)
+    name: str = Field(pattern=NAME_PATTERN)
+    action: str | None = Field(default=None, pattern=ACTION_PATTERN)
+    parents: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        default_factory=list, max_length=256
+    )
+    retries: SInt = Field(default=0, ge=0, le=1000)
     backoff: BackoffIn | None = None
-    timeout_s: float = Field(default=60.0, gt=0, le=7 * 86400)
-    schedule_timeout_s: float = Field(default=300.0, gt=0, le=7 * 86400)
+    timeout_s: SFloat = Field(default=60.0, ge=0.1, le=7 * 86400)
+    schedule_timeout_s: SFloat = Field(default=300.0, ge=0.1, le=7 * 86400)
     delivery: Literal["at_least_once", "at_most_once"] = "at_least_once"
 
 
@@ -60,7 +68,7 @@ class WorkflowList(BaseModel):
 class TriggerIn(Strict):
     input: Any = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
-    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    version: SInt | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class BulkRunIn(Strict):
@@ -70,7 +78,7 @@ class BulkRunIn(Strict):
 
 class BulkTriggerIn(Strict):
     runs: list[BulkRunIn] = Field(min_length=1, max_length=10_000)
-    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    version: SInt | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class BulkRunOut(BaseModel):
@@ -138,10 +146,12 @@ class RunList(BaseModel):
 
 class WorkerIn(Strict):
     name: str = Field(min_length=1, max_length=200)
-    actions: list[str] = Field(min_length=1, max_length=1000)
-    slots: int = Field(default=1, ge=1, le=10_000)
-    heartbeat_interval_s: float | None = Field(default=None, gt=0, le=86400)
-    lease_timeout_s: float | None = Field(default=None, gt=0, le=86400)
+    actions: list[Annotated[str, Field(pattern=ACTION_PATTERN)]] = Field(
+        min_length=1, max_length=1000
+    )
+    slots: SInt = Field(default=1, ge=1, le=10_000)
+    heartbeat_interval_s: SFloat | None = Field(default=None, gt=0, le=86400)
+    lease_timeout_s: SFloat | None = Field(default=None, gt=0, le=86400)
 
 
 class WorkerOut(BaseModel):
@@ -154,8 +164,8 @@ class WorkerOut(BaseModel):
 
 
 class PollIn(Strict):
-    max_tasks: int = Field(default=1, ge=1, le=100_000)
-    wait_s: float = Field(default=30.0, ge=0, le=86400)
+    max_tasks: SInt = Field(default=1, ge=1, le=100_000)
+    wait_s: SFloat = Field(default=30.0, ge=0, le=86400)
 
 
 class TaskOut(BaseModel):
@@ -207,8 +217,8 @@ class ErrorIn(BaseModel):
 class FailIn(Strict):
     lease_token: UUID
     error: ErrorIn = Field(default_factory=ErrorIn)
-    retryable: bool = True
-    retry_after_s: float | None = Field(default=None, ge=0, le=86400)
+    retryable: SBool = True
+    retry_after_s: SFloat | None = Field(default=None, ge=0, le=86400)
 
 
 class OutcomeOut(BaseModel):
@@ -222,8 +232,8 @@ class ResultIn(Strict):
     lease_token: UUID
     output: Any = None
     error: ErrorIn | None = None
-    retryable: bool = True
-    retry_after_s: float | None = Field(default=None, ge=0, le=86400)
+    retryable: SBool = True
+    retry_after_s: SFloat | None = Field(default=None, ge=0, le=86400)
 
 
 class ResultsIn(Strict):

@@ -7,7 +7,7 @@ from typing import Any
 
 from db.errors import InvalidDefinition
 
-NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+NAME_RE = re.compile(r"[a-z0-9_.-]{1,64}")
 DELIVERIES = ("at_least_once", "at_most_once")
 DEFAULT_BACKOFF = {"initial_s": 1.0, "factor": 2.0, "max_s": 60.0, "jitter": 0.2}
 DEFAULT_TIMEOUT_S = 60.0
@@ -58,7 +58,7 @@ def _step(workflow: str, raw: Any, *, allow_parents: bool) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InvalidDefinition("every step must be an object")
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidDefinition(f"step name {name!r} must match [a-z0-9_.-]{{1,64}}")
     unknown = set(raw) - STEP_FIELDS
     if unknown:
@@ -128,7 +128,7 @@ def _check_acyclic(steps: list[dict[str, Any]]) -> None:
 
 def normalize(workflow: str, raw: Any, *, max_steps: int) -> dict[str, Any]:
     """Validate a definition and fill in defaults. Raises InvalidDefinition naming the offence."""
-    if not NAME_RE.match(workflow):
+    if not NAME_RE.fullmatch(workflow):
         raise InvalidDefinition(f"workflow name {workflow!r} must match [a-z0-9_.-]{{1,64}}")
     if not isinstance(raw, dict):
         raise InvalidDefinition("the definition must be an object with a 'steps' list")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from db.errors import InvalidPayload, PayloadTooLarge
 
 MAX_DEPTH = 64
+# A real NUL is escaped as \u0000 after an even number of backslashes (an odd number means the
+# backslash itself was escaped and the text just says "\u0000").
+NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _depth_ok(value: Any, limit: int) -> bool:
@@ -32,7 +36,7 @@ def dump(value: Any, *, field: str, limit: int) -> str:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (ValueError, TypeError) as err:
         raise InvalidPayload(f"{field} is not valid JSON: {err}") from err
-    if "\\u0000" in text:
+    if "\\u0000" in text and NUL_ESCAPE.search(text):
         raise InvalidPayload(f"{field} contains a NUL character, which Postgres cannot store")
     size = len(text.encode("utf-8", errors="surrogatepass"))
     if size > limit:

@@ -7,6 +7,7 @@ locked row before it writes.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,8 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from db import queries as Q
 from db import transitions
 from db.engine import Database
+from db.errors import DatabaseUnavailable
 from db.types import Effects
 
+log = logging.getLogger("cairn.reaper")
 TIMEOUT_ERROR = {"type": "timeout", "message": "the step ran past its timeout_s"}
 LEASE_ERROR = {"type": "lease_lost", "message": "the worker stopped renewing its lease"}
 SCHEDULE_ERROR = {"type": "schedule_timeout", "message": "the step waited past schedule_timeout_s"}
@@ -102,7 +105,13 @@ async def tick(
             changed = await _reap_one(conn, sid, rid, grace_s=grace_s, effects=local, now=now)
             return local if changed else None
 
-        local = await db.transaction(work)
+        try:
+            local = await db.transaction(work)
+        except DatabaseUnavailable:
+            raise
+        except Exception:  # one bad row must not stall every other deadline
+            log.exception("reaper could not process step run %s", sid)
+            continue
         if local is not None:
             done += 1
             effects.merge(local)

@@ -20,10 +20,14 @@ def backoff_delay(
     backoff: dict[str, Any], attempt: int, *, rng: random.Random | None = None
 ) -> float:
     """Exponential backoff with jitter for the retry after ``attempt`` failed."""
-    base = float(backoff.get("initial_s", 1.0)) * float(backoff.get("factor", 2.0)) ** max(
-        attempt - 1, 0
-    )
-    delay = min(base, float(backoff.get("max_s", 60.0)))
+    cap = float(backoff.get("max_s", 60.0))
+    try:
+        base = float(backoff.get("initial_s", 1.0)) * float(backoff.get("factor", 2.0)) ** max(
+            attempt - 1, 0
+        )
+    except OverflowError:
+        base = cap
+    delay = min(base, cap)
     jitter = float(backoff.get("jitter", 0.0))
     if jitter > 0:
         delay *= 1 + jitter * ((rng or random).random() * 2 - 1)

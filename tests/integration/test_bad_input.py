@@ -27,7 +27,7 @@ def _problem(r: object, status: int) -> dict[str, object]:
         ([{"name": "a", "parents": ["a"]}], "cycle"),
         ([{"name": "a", "parents": ["zz"]}], "unknown parent"),
         ([{"name": "a"}, {"name": "a"}], "duplicate"),
-        ([{"name": "Bad Name"}], "must match"),
+        ([{"name": "Bad Name"}], "match"),
         ([], "steps"),
         ([{"name": "a", "retries": -1}], "retries"),
         ([{"name": "a", "delivery": "sometimes"}], "delivery"),
@@ -140,3 +140,25 @@ async def test_replayed_lease_token_from_another_step_is_refused(api: Api) -> No
     r = await api.call("POST", f"/step-runs/{b['step_run_id']}/complete", json=forged)
     assert _problem(r, 409)["code"] == "lease_lost"
     await api.complete(b, 2)
+
+
+async def test_fuzz_findings_stay_fixed(api: Api) -> None:
+    """Regressions found by schemathesis: overflow in backoff, sloppy names, coerced types."""
+    await api.register("bo", [{"name": "a", "retries": 1000, "backoff": {
+        "initial_s": 0, "factor": 100, "max_s": 0, "jitter": 0}}])
+    await api.trigger("bo")
+    w = await api.worker(["bo.a"])
+    async with api.svc.db.engine.begin() as conn:
+        from sqlalchemy import text
+
+        await conn.execute(text("UPDATE step_runs SET attempt = 400, max_attempts = 1001"))
+    [t] = await api.poll(w)
+    assert t["attempt"] == 401
+    assert (await api.fail(t)).json() == {"status": "queued"}  # no OverflowError
+    _problem(await api.call("PUT", "/workflows/nl%0A", json={"steps": [{"name": "a"}]}), 422)
+    _problem(await api.call("PUT", "/workflows/nl", json={"steps": [{"name": "a\n"}]}), 422)
+    _problem(await api.call("POST", "/workflows/bo/runs", json={"version": True}), 422)
+    _problem(await api.call("POST", "/workers", json={"name": "w", "actions": ["a"],
+                                                      "slots": "2"}), 422)
+    r = await api.call("POST", "/workflows/bo/runs", json={"input": "\\u0000"})
+    assert r.status_code == 201 and r.json()["input"] == "\\u0000"
