@@ -87,8 +87,8 @@ def procs(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 def server(procs: Callable[..., Proc], db_url: str) -> Callable[..., Proc]:
     """Start a `cairn serve` replica on the test database; returns once /readyz is green."""
 
-    def start(*args: str, **settings: Any) -> Proc:
-        port = free_port()
+    def start(*args: str, port: int | None = None, **settings: Any) -> Proc:
+        port = port or free_port()
         env = {
             "CAIRN_DATABASE_URL": db_url,
             "CAIRN_PORT": str(port),
