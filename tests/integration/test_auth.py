@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 from sqlalchemy import text
 
 from api.app import create_app
-from api.auth import WORKER_ROUTES, required_role
+from api.auth import WORKER_ROUTES, permits, required_role
+from api.cli import is_loopback
 from api.settings import Settings
-from api.tenancy import tenant_id
 from db import tokens
 
 STEPS = [{"name": "s"}]
@@ -249,15 +249,52 @@ async def test_auth_off_is_the_default_tenant_and_unlimited(
 
 
 def test_every_api_route_goes_through_the_tenant_dependency() -> None:
-    app = create_app(Settings(database_url="postgresql://unused/x"))
+    # The bearer scheme is declared only by the tenant_id dependency: an /api/v1 operation
+    # without it in the OpenAPI document would be open to anyone.
+    doc = create_app(Settings(database_url="postgresql://unused/x")).openapi()
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     seen: set[tuple[str, str]] = set()
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or not route.path.startswith("/api/v1"):
+    for path, operations in doc["paths"].items():
+        if not path.startswith("/api/v1"):
+            assert "security" not in str(operations), path
             continue
-        calls = {d.call for d in route.dependant.dependencies}
-        assert tenant_id in calls, f"{route.path} has no tenant_id dependency: it would be open"
-        for method in route.methods:
-            seen.add((method, route.path))
-            if method == "GET":
-                assert required_role(method, route.path) == "viewer"
+        for method, op in operations.items():
+            assert op.get("security") == [{"bearer": []}], (method, path)
+            seen.add((method.upper(), path))
+            if method == "get":
+                assert required_role("GET", path) == "viewer"
     assert seen >= WORKER_ROUTES, WORKER_ROUTES - seen
+
+
+def test_role_matrix() -> None:
+    assert required_role("GET", "/api/v1/runs/{run_id}") == "viewer"
+    assert required_role("PUT", "/api/v1/workflows/{name}") == "worker"
+    assert required_role("POST", "/api/v1/step-runs/results") == "worker"
+    assert required_role("POST", "/api/v1/workflows/{name}/runs") == "admin"
+    assert required_role("POST", "/api/v1/runs/{run_id}/cancel") == "admin"
+    assert required_role("POST", "/api/v1/some/new/endpoint") == "admin"  # closed by default
+    assert permits("admin", "worker") and permits("worker", "viewer")
+    assert not permits("viewer", "worker") and not permits("worker", "admin")
+    assert not permits("root", "viewer")
+
+
+def test_loopback_detection() -> None:
+    for host in ("127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "10.0.0.1", "example.com", ""):
+        assert not is_loopback(host), host
+
+
+async def test_revocation_takes_effect_within_the_cache_period(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    app = create_app(settings_factory(auth=True, auth_cache_s=0.5))
+    async with app.router.lifespan_context(app):
+        world = World(app)
+        a = await world.tenant("a")
+        ok(await a.viewer.get("/runs"))
+        prefix = a.tokens["viewer"].split("_")[1]
+        assert await world.sql(lambda c: tokens.revoke(c, prefix))
+        ok(await a.viewer.get("/runs"))  # still cached
+        await asyncio.sleep(0.6)
+        unauthorized(await a.viewer.get("/runs"))

@@ -144,8 +144,16 @@ async def test_replayed_lease_token_from_another_step_is_refused(api: Api) -> No
 
 async def test_fuzz_findings_stay_fixed(api: Api) -> None:
     """Regressions found by schemathesis: overflow in backoff, sloppy names, coerced types."""
-    await api.register("bo", [{"name": "a", "retries": 1000, "backoff": {
-        "initial_s": 0, "factor": 100, "max_s": 0, "jitter": 0}}])
+    await api.register(
+        "bo",
+        [
+            {
+                "name": "a",
+                "retries": 1000,
+                "backoff": {"initial_s": 0, "factor": 100, "max_s": 0, "jitter": 0},
+            }
+        ],
+    )
     await api.trigger("bo")
     w = await api.worker(["bo.a"])
     async with api.svc.db.engine.begin() as conn:
@@ -158,7 +166,8 @@ async def test_fuzz_findings_stay_fixed(api: Api) -> None:
     _problem(await api.call("PUT", "/workflows/nl%0A", json={"steps": [{"name": "a"}]}), 422)
     _problem(await api.call("PUT", "/workflows/nl", json={"steps": [{"name": "a\n"}]}), 422)
     _problem(await api.call("POST", "/workflows/bo/runs", json={"version": True}), 422)
-    _problem(await api.call("POST", "/workers", json={"name": "w", "actions": ["a"],
-                                                      "slots": "2"}), 422)
+    _problem(
+        await api.call("POST", "/workers", json={"name": "w", "actions": ["a"], "slots": "2"}), 422
+    )
     r = await api.call("POST", "/workflows/bo/runs", json={"input": "\\u0000"})
     assert r.status_code == 201 and r.json()["input"] == "\\u0000"
