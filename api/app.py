@@ -14,6 +14,7 @@ from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
+from api.auth import Gate
 from api.metrics import HTTPMetricsMiddleware, Metrics
 from api.notifier import Notifier
 from api.routes import router as runs_router
@@ -144,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Durable DAG workflows on PostgreSQL, over plain HTTP/JSON.",
         lifespan=lifespan,
     )
+    app.state.gate = Gate(settings)
     problems.install(app, on_conflict=metrics.conflict)
     app.include_router(runs_router)
     app.include_router(workers_router)
@@ -153,7 +155,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], responses={503: {"model": Problem}})
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={503: {"model": Problem, "content": {"application/problem+json": {}}}},
+    )
     async def readyz(request: Request) -> Any:
         """The database is reachable and the schema is at the newest migration."""
         svc: Service = request.app.state.service

@@ -1,15 +1,34 @@
-"""The ``cairn`` command: ``serve``, ``migrate``, ``worker``."""
+"""The ``cairn`` command: ``serve``, ``migrate``, ``worker``, ``tenant``, ``token``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
+from api import cli_admin
+
 log = logging.getLogger("cairn")
+
+AUTH_OFF_BANNER = """\
+cairn: ****************************************************************
+cairn: *  AUTH IS OFF: anyone who can reach this port has full rights  *
+cairn: *  (default tenant). Fine on loopback only; for anything else   *
+cairn: *  run `cairn serve --auth` (CAIRN_AUTH=true) with API tokens.   *
+cairn: ****************************************************************"""
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -26,7 +45,25 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
+    if args.auth:
+        overrides["auth"] = True
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    if not settings.auth and not is_loopback(settings.host):
+        print(
+            f"cairn: refusing to serve on {settings.host} with authentication off: pass --auth"
+            " (or CAIRN_AUTH=true) and create tokens with `cairn token create`, or bind to"
+            " 127.0.0.1",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.auth:
+        print(
+            "cairn: auth ON: /api/v1 needs `Authorization: Bearer <token>`"
+            " (cairn tenant create / cairn token create)",
+            file=sys.stderr,
+        )
+    else:
+        print(AUTH_OFF_BANNER, file=sys.stderr)
     embedded = None
     if settings.database_url is None:
         embedded = EmbeddedPostgres(settings.data_dir)
@@ -44,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
             asyncio.run(_migrate_url(settings.database_url or ""))
             os.environ["CAIRN_DATABASE_URL"] = settings.database_url or ""
             os.environ["CAIRN_RUN_MIGRATIONS"] = "false"
+            os.environ["CAIRN_AUTH"] = "true" if settings.auth else "false"
             uvicorn.run(
                 "api.app:app_from_env",
                 factory=True,
@@ -106,10 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument(
         "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
     )
+    serve.add_argument(
+        "--auth",
+        action="store_true",
+        help="require API tokens (CAIRN_AUTH); mandatory on a non-loopback address",
+    )
     migrate = sub.add_parser("migrate", help="bring the database schema to head")
     migrate.add_argument("--data-dir", help="embedded Postgres data dir (CAIRN_DATA_DIR)")
     worker = sub.add_parser("worker", help="run a worker: cairn worker module:attr [--url ...]")
     worker.add_argument("rest", nargs=argparse.REMAINDER)
+    cli_admin.add_parsers(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("CAIRN_LOG_LEVEL", "INFO").upper(),
@@ -120,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "migrate":
         return _migrate(args)
+    if args.command in ("tenant", "token"):
+        return cli_admin.run(args)
     from worker_sdk import cli as worker_cli
 
     return worker_cli.main(args.rest)

@@ -102,10 +102,13 @@ def install(app: FastAPI, on_conflict: Any = None) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {
             400: "bad_request",
+            401: "unauthorized",
+            403: "forbidden",
             404: "not_found",
             405: "method_not_allowed",
             413: "payload_too_large",
             415: "unsupported_media_type",
+            429: "rate_limited",
         }.get(exc.status_code, "http_error")
         detail: str = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "")
         if exc.status_code == 400 and "parsing the body" in detail:

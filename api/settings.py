@@ -42,6 +42,18 @@ class Settings(BaseSettings):
     max_batch: int = 1000
     list_limit_max: int = 500
 
+    # Authentication and request limits (see README "Authentication").
+    auth: bool = Field(
+        default=False, description="require a bearer token on /api/v1 (cairn serve --auth)"
+    )
+    auth_cache_s: float = Field(
+        default=5.0, ge=0, description="verified tokens are cached this long (revocation delay)"
+    )
+    rate_limit_per_s: float = Field(
+        default=1000.0, ge=0, description="requests per second per token per replica; 0: off"
+    )
+    rate_limit_burst: int = Field(default=2000, ge=1, description="token-bucket burst size")
+
     # Worker liveness for the cairn_workers_active gauge.
     worker_active_window_s: float = 60.0
 

@@ -231,3 +231,23 @@ step_attempts = Table(
     CheckConstraint("attempt >= 1", name="attempt_positive"),
     UniqueConstraint("step_run_id", "attempt", name="uq_step_attempts_step_attempt"),
 )
+
+TOKEN_ROLES = ("admin", "worker", "viewer")
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), ForeignKey("tenants.id"), nullable=False),
+    Column("name", Text, nullable=False, server_default=text("''")),
+    Column("role", Text, nullable=False),
+    # The public part of the token (``cairn_<prefix>_<secret>``): shown in listings, used to revoke.
+    Column("prefix", Text, nullable=False, unique=True),
+    # sha256 (hex) of the whole token; the token itself is never stored.
+    Column("token_hash", Text, nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
+    CheckConstraint(_in("role", TOKEN_ROLES), name="role_valid"),
+    Index("ix_api_tokens_tenant", "tenant_id"),
+)

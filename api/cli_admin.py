@@ -1,0 +1,151 @@
+"""``cairn tenant ...`` and ``cairn token ...``: manage tenants and API tokens in the database.
+
+They work against ``CAIRN_DATABASE_URL`` or, without it, the embedded Postgres in
+``CAIRN_DATA_DIR`` (``--data-dir``), and bring the schema to head first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:  # `cairn worker` runs on SDK-only hosts: no server imports at load time
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+T = TypeVar("T")
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    data_dir_help = "embedded Postgres data dir when CAIRN_DATABASE_URL is unset (CAIRN_DATA_DIR)"
+    tenant = sub.add_parser("tenant", help="manage tenants: create, list")
+    tsub = tenant.add_subparsers(dest="action", required=True)
+    create = tsub.add_parser("create", help="create a tenant and print its id")
+    create.add_argument("name", help="unique tenant name")
+    tlist = tsub.add_parser("list", help="list tenants")
+    for p in (create, tlist):
+        p.add_argument("--data-dir", help=data_dir_help)
+
+    token = sub.add_parser("token", help="manage API tokens: create, list, revoke")
+    ksub = token.add_subparsers(dest="action", required=True)
+    kcreate = ksub.add_parser("create", help="create a token and print it (shown only once)")
+    kcreate.add_argument("--tenant", required=True, help="tenant name or id")
+    kcreate.add_argument("--role", required=True, choices=["admin", "worker", "viewer"])
+    kcreate.add_argument("--name", default="", help="a label for the token")
+    klist = ksub.add_parser("list", help="list tokens by prefix (never the secret)")
+    klist.add_argument("--tenant", help="only this tenant (name or id)")
+    krevoke = ksub.add_parser("revoke", help="revoke a token by its prefix")
+    krevoke.add_argument("prefix", help="the token's prefix (as listed), e.g. 1a2b3c4d")
+    for p in (kcreate, klist, krevoke):
+        p.add_argument("--data-dir", help=data_dir_help)
+
+
+def _with_database(data_dir: str | None, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Migrate, then run ``fn`` in one transaction on the configured (or embedded) database."""
+    from api.settings import Settings
+    from db.embedded import EmbeddedPostgres
+    from db.engine import Database, create_engine, migrate
+
+    settings = Settings()
+    embedded = None
+    url = settings.database_url
+    if url is None:
+        embedded = EmbeddedPostgres(data_dir or settings.data_dir)
+        url = embedded.start()
+
+    async def go(url: str) -> T:
+        db = Database(create_engine(url, pool_size=1, max_overflow=0))
+        try:
+            await migrate(db.engine)
+            return await db.transaction(fn)
+        finally:
+            await db.dispose()
+
+    try:
+        return asyncio.run(go(url))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else "-"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def _tenant(args: argparse.Namespace) -> int:
+    from db import tokens
+
+    if args.action == "create":
+        tid = _with_database(args.data_dir, lambda conn: tokens.create_tenant(conn, args.name))
+        print(tid)
+        print(f"cairn: tenant {args.name!r} created", file=sys.stderr)
+        return 0
+    rows = _with_database(args.data_dir, tokens.list_tenants)
+    table = [["ID", "NAME", "CREATED"]]
+    table += [[str(r.id), r.name, _when(r.created_at)] for r in rows]
+    print(_table(table))
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from db import tokens
+
+    if args.action == "create":
+        token, prefix = _with_database(
+            args.data_dir,
+            lambda conn: tokens.create_token(conn, args.tenant, args.role, args.name),
+        )
+        print(token)
+        print(
+            f"cairn: token {prefix} ({args.role}, tenant {args.tenant!r}) created; it is shown"
+            " only this once, store it now",
+            file=sys.stderr,
+        )
+        return 0
+    if args.action == "list":
+        infos = _with_database(args.data_dir, lambda conn: tokens.list_tokens(conn, args.tenant))
+        table = [["PREFIX", "TENANT", "ROLE", "NAME", "CREATED", "LAST USED", "REVOKED"]]
+        table += [
+            [
+                i.prefix,
+                i.tenant_name,
+                i.role,
+                i.name or "-",
+                _when(i.created_at),
+                _when(i.last_used_at),
+                _when(i.revoked_at),
+            ]
+            for i in infos
+        ]
+        print(_table(table))
+        return 0
+    found = _with_database(args.data_dir, lambda conn: tokens.revoke(conn, args.prefix))
+    if not found:
+        print(f"cairn: error: no token with prefix {args.prefix!r}", file=sys.stderr)
+        return 1
+    print(
+        f"cairn: token {tokens.prefix_of(args.prefix)} revoked (servers stop accepting it"
+        " within CAIRN_AUTH_CACHE_S)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from db.tokens import TokenAdminError
+
+    try:
+        return _tenant(args) if args.command == "tenant" else _token(args)
+    except TokenAdminError as err:
+        print(f"cairn: error: {err}", file=sys.stderr)
+        return 1
