@@ -18,12 +18,12 @@ run: $(STAMP)
 	$(BIN)/cairn serve
 
 test: $(STAMP)
-	$(BIN)/ruff check api db worker_sdk tests
+	$(BIN)/ruff check api db worker_sdk tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check api db worker_sdk tests
+	$(BIN)/ruff check api db worker_sdk tests bench
 	$(BIN)/ruff format --check api db worker_sdk
 
 typecheck: $(STAMP)

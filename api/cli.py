@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -75,6 +76,9 @@ def _serve(args: argparse.Namespace) -> int:
         f"(API /api/v1, docs /docs, metrics /metrics)",
         file=sys.stderr,
     )
+    # uvicorn re-raises SIGTERM once it has shut down; make that an orderly exit so the
+    # `finally` below stops the embedded Postgres instead of the default handler killing us.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         if args.workers > 1:
             # Several processes share the socket; each builds its app from the environment.
@@ -103,6 +107,10 @@ def _serve(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 async def _migrate_url(url: str) -> None:

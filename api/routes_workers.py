@@ -10,7 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from api.convert import task_out
+from api.fastjson import json_response
 from api.routes import ERRORS
 from api.schemas import (
     CompleteIn,
@@ -21,7 +21,6 @@ from api.schemas import (
     PollIn,
     PollOut,
     ResultIn,
-    ResultOut,
     ResultsIn,
     ResultsOut,
     WorkerIn,
@@ -93,7 +92,7 @@ async def register_worker(body: WorkerIn, svc: Svc, tenant: Tenant) -> WorkerOut
 @router.post("/workers/{worker_id}/poll", response_model=PollOut, responses=ERRORS)
 async def poll(
     worker_id: UUID, body: PollIn, request: Request, svc: Svc, tenant: Tenant
-) -> PollOut:
+) -> Response:
     """Long-poll for up to ``max_tasks`` step runs (never beyond free slots), up to ``wait_s``.
 
     Returns at once when work is claimed or a held step run was cancelled; otherwise wakes on
@@ -125,11 +124,11 @@ async def poll(
                 await asyncio.wait_for(wake.wait(), min(remaining, s.poll_recheck_s))
         if await request.is_disconnected():
             break
-    return PollOut(tasks=[task_out(t) for t in result.tasks], cancelled=list(result.cancelled))
+    return json_response({"tasks": result.tasks, "cancelled": result.cancelled})
 
 
 @router.post("/workers/{worker_id}/heartbeat", response_model=HeartbeatOut, responses=ERRORS)
-async def heartbeat(worker_id: UUID, body: HeartbeatIn, svc: Svc, tenant: Tenant) -> HeartbeatOut:
+async def heartbeat(worker_id: UUID, body: HeartbeatIn, svc: Svc, tenant: Tenant) -> Response:
     """Renew leases: each step run answers ``held``, ``cancelled`` (stop it) or ``lost``."""
     ids = [str(i) for i in body.step_run_ids]
 
@@ -143,7 +142,7 @@ async def heartbeat(worker_id: UUID, body: HeartbeatIn, svc: Svc, tenant: Tenant
             effects=effects,
         )
 
-    return HeartbeatOut(step_runs=await svc.tx(work))
+    return json_response({"step_runs": await svc.tx(work)})
 
 
 @router.delete("/workers/{worker_id}", status_code=204, responses=ERRORS)
@@ -196,7 +195,7 @@ async def fail(step_run_id: UUID, body: FailIn, svc: Svc, tenant: Tenant) -> Out
 
 
 @router.post("/step-runs/results", response_model=ResultsOut, responses=ERRORS)
-async def report_results(body: ResultsIn, svc: Svc, tenant: Tenant) -> ResultsOut:
+async def report_results(body: ResultsIn, svc: Svc, tenant: Tenant) -> Response:
     """Report many results in one request: each item is fenced by its own lease token.
 
     An item with ``error`` is a failure, otherwise a completion. Refused items do not fail the
@@ -222,9 +221,9 @@ async def report_results(body: ResultsIn, svc: Svc, tenant: Tenant) -> ResultsOu
 
     refusals: list[CairnDBError] = []
 
-    async def work(conn: AsyncConnection, effects: Effects) -> list[ResultOut]:
+    async def work(conn: AsyncConnection, effects: Effects) -> list[dict[str, Any]]:
         refusals.clear()
-        out: list[ResultOut | None] = [None] * len(body.results)
+        out: list[dict[str, Any] | None] = [None] * len(body.results)
         if completions:
             refused = await leases.complete_many(
                 conn, tenant, [c for _, c in completions], effects=effects
@@ -257,17 +256,24 @@ async def report_results(body: ResultsIn, svc: Svc, tenant: Tenant) -> ResultsOu
     for why in refusals:
         if isinstance(why, LeaseConflict):
             svc.metrics.conflict(why)
-    return ResultsOut(results=results)
+    return json_response({"results": results})
 
 
-def _result(step_run_id: str, status: str, why: CairnDBError | None) -> ResultOut:
+def _result(step_run_id: str, status: str, why: CairnDBError | None) -> dict[str, Any]:
+    """One item of a ResultsOut."""
     if why is None:
-        return ResultOut.model_validate({"step_run_id": step_run_id, "status": status})
+        return {
+            "step_run_id": step_run_id,
+            "status": status,
+            "code": None,
+            "detail": None,
+            "conflicting": None,
+        }
     conflicting = why.conflicting if isinstance(why, LeaseConflict) else None
-    return ResultOut(
-        step_run_id=step_run_id,
-        status="rejected",
-        code=why.code,
-        detail=why.detail,
-        conflicting=conflicting,
-    )
+    return {
+        "step_run_id": step_run_id,
+        "status": "rejected",
+        "code": why.code,
+        "detail": why.detail,
+        "conflicting": conflicting,
+    }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,6 +15,12 @@ class Settings(BaseSettings):
         default=None, description="Postgres URL; unset → embedded Postgres in data_dir"
     )
     data_dir: str = Field(default=".cairn/pgdata", description="embedded Postgres data directory")
+
+    @field_validator("database_url")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
     host: str = "127.0.0.1"
     port: int = 8080
 

@@ -268,14 +268,21 @@ SELECT id, run_id FROM step_runs WHERE worker_id = :worker AND status = 'running
 """)
 
 # The claim: one statement locks up to :n queued step runs, leases them, writes history rows.
+# Each action is read through its own ordered index range (LATERAL), so the cost stays flat
+# however deep the queue is and however many actions the worker serves.
 CLAIM = q("""
 WITH cand AS (
-  SELECT id FROM step_runs
-  WHERE tenant_id = :tenant AND status = 'queued' AND action = ANY(:actions)
-    AND available_at <= {NOW}
-  ORDER BY available_at, id
+  SELECT c.id, c.available_at FROM unnest(CAST(:actions AS text[])) AS a(action)
+  CROSS JOIN LATERAL (
+    SELECT s.id, s.available_at FROM step_runs s
+    WHERE s.tenant_id = :tenant AND s.status = 'queued' AND s.action = a.action
+      AND s.available_at <= {NOW}
+    ORDER BY s.available_at, s.id
+    LIMIT :n
+    FOR UPDATE SKIP LOCKED
+  ) c
+  ORDER BY c.available_at, c.id
   LIMIT :n
-  FOR UPDATE SKIP LOCKED
 ), claimed AS (
   UPDATE step_runs s SET status = 'running', attempt = s.attempt + 1,
     lease_token = gen_random_uuid(), worker_id = :worker,

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("target", help="module.path:attr naming a Worker, Workflow or list")
     parser.add_argument("--url", default=None, help="server URL (default $CAIRN_URL or local)")
-    parser.add_argument("--slots", type=int, default=None, help="concurrent steps (default 4)")
+    parser.add_argument("--slots", type=int, default=None, help="concurrent steps (default 100)")
     parser.add_argument("--name", default=None, help="worker name (default host-pid)")
     parser.add_argument("--token", default=None, help="API token (default $CAIRN_TOKEN)")
     parser.add_argument(
@@ -68,12 +68,13 @@ def build_worker(target: Any, args: argparse.Namespace) -> Worker:
         workflows = list(target)
     else:
         raise CairnError(f"target must be a Worker, a Workflow or a list of them, not {target!r}")
+    options: dict[str, Any] = {"slots": args.slots} if args.slots is not None else {}
     return Worker(
         resolve_url(args.url),
         workflows=workflows,
-        slots=args.slots if args.slots is not None else 4,
         name=args.name,
         token=args.token or os.environ.get("CAIRN_TOKEN") or None,
+        **options,
     )
 
 

@@ -34,6 +34,7 @@ log = logging.getLogger("cairn.worker")
 
 POLL_HTTP_MARGIN_S = 10.0
 MIN_EMPTY_POLL_S = 0.1  # never re-poll faster than this after an empty answer
+POLL_LINGER_S = 0.005  # when busy, wait this long for more slots to free before polling
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Worker:
         url: str | None = None,
         *,
         workflows: Iterable[Workflow],
-        slots: int = 4,
+        slots: int = 100,
         name: str | None = None,
         heartbeat_interval_s: float | None = None,
         lease_timeout_s: float | None = None,
@@ -259,6 +260,10 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
+            if free < self.slots // 2:
+                # Busy: let a few more slots free up so one poll claims a batch, not one task.
+                await self._linger_for_slots(POLL_LINGER_S)
+                free = self.slots - self._busy
             worker_id = self.registration.worker_id
             assert worker_id is not None
             started = time.monotonic()
@@ -285,6 +290,17 @@ class Worker:
                 self._start(raw)
             if not tasks and not body.get("cancelled"):
                 await asyncio.sleep(max(MIN_EMPTY_POLL_S - (time.monotonic() - started), 0))
+
+    async def _linger_for_slots(self, seconds: float) -> None:
+        assert self._slot_freed is not None
+        deadline = time.monotonic() + seconds
+        while self.slots - self._busy < self.slots // 2 and not self._stopping():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), remaining)
 
     async def _poll_failed(self, worker_id: str, exc: Exception, failures: int) -> None:
         assert self.registration is not None

@@ -1,0 +1,231 @@
+"""The printed table, ``latest.json`` and ``latest.png`` (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _num(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def _get(d: dict[str, Any] | None, *path: str) -> Any:
+    cur: Any = d
+    for p in path:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(p)
+    return cur
+
+
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    """The ratios the project's targets are stated in."""
+    cairn = results.get("cairn", {})
+    drain = _get(cairn, "drain", "runs_per_s")
+    peers = results.get("systems", {})
+    pgq = [v.get("runs_per_s") for k, v in peers.items() if k.startswith("pgqueuer")]
+    pgq_best = max((x for x in pgq if x), default=None)
+    floor_b = _get(peers, "floor_b100", "runs_per_s")
+    depth = _get(cairn, "depth", "sizes") or {}
+    sizes = sorted(depth, key=int)
+    claim_small = _get(depth, sizes[0], "p50_ms") if sizes else None
+    claim_big = _get(depth, sizes[-1], "p50_ms") if sizes else None
+    light = _get(cairn, "latency", "light")
+    return {
+        "cairn_drain_over_pgqueuer_best": _ratio(drain, pgq_best),
+        "cairn_drain_over_floor_batched": _ratio(drain, floor_b),
+        "light_dispatch_p50_ms": _get(light, "dispatch", "p50_ms"),
+        "light_dispatch_p99_ms": _get(light, "dispatch", "p99_ms"),
+        "claim_p50_deep_over_shallow": _ratio(claim_big, claim_small),
+        "claim_depths": [int(sizes[0]), int(sizes[-1])] if sizes else None,
+        "server_peak_rss_mb": cairn.get("server_peak_rss_mb"),
+        "sql_per_step_run": _get(cairn, "drain", "xacts_per_step"),
+        "sql_per_step_run_source": results.get("sql_count_source"),
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    cairn = results.get("cairn", {})
+    drain = cairn.get("drain") or {}
+    base = drain.get("runs_per_s")
+    rows: list[list[str]] = [
+        ["system", "drain runs/s", "x cairn", "enqueue/s", "xacts/job", "worker RSS MB", "note"]
+    ]
+    cairn_note = f"trigger via {drain.get('trigger_path', '?')}"
+    if "error" in drain:
+        cairn_note = drain["error"]
+    rows.append(
+        [
+            f"cairn (SDK Worker, {cairn.get('worker_slots', '?')} slots)",
+            _num(base),
+            "1.00" if base else "n/a",
+            _num(drain.get("trigger_per_s")),
+            _num(drain.get("xacts_per_step"), 2),
+            _num(cairn.get("worker_peak_rss_mb")),
+            cairn_note,
+        ]
+    )
+    for s in results.get("systems", {}).values():
+        if "error" in s:
+            rows.append([s["label"], "n/a", "n/a", "n/a", "n/a", "n/a", s["error"][:70]])
+            continue
+        ratio = _ratio(s.get("runs_per_s"), base)
+        rows.append(
+            [
+                s["label"],
+                _num(s.get("runs_per_s")),
+                f"{ratio:.2f}" if ratio else "n/a",
+                _num(s.get("enqueue_per_s")),
+                _num(s.get("xacts_per_step"), 2),
+                _num(s.get("worker_peak_rss_mb")),
+                s.get("note", "")[:70],
+            ]
+        )
+    lines = [_render(rows)]
+    lines.append("")
+    lines.append(_cairn_details(cairn))
+    lines.append("")
+    lines.append("targets:")
+    for k, v in targets(results).items():
+        lines.append(f"  {k:<34} {_num(v, 3) if isinstance(v, float) else _num(v)}")
+    return "\n".join(lines)
+
+
+def _cairn_details(cairn: dict[str, Any]) -> str:
+    rows: list[list[str]] = [["cairn", "runs/s", "step runs/s", "p50 ms", "p95 ms", "p99 ms"]]
+    for key in ("chain3", "diamond"):
+        d = _get(cairn, "dag", key) or {}
+        rows.append(
+            [f"dag {key}", _num(d.get("runs_per_s")), _num(d.get("steps_per_s")), "", "", ""]
+            if "error" not in d
+            else [f"dag {key}", "n/a", d["error"][:60], "", "", ""]
+        )
+    for label, d in (_get(cairn, "latency") or {}).items():
+        if not isinstance(d, dict) or "dispatch" not in d:
+            continue
+        for part in ("dispatch", "created_to_start", "queued_to_completed"):
+            s = d.get(part) or {}
+            rows.append(
+                [
+                    f"{part} @ {d['rate_per_s']:.0f}/s ({label}, {d.get('trigger_mode', '?')})",
+                    "",
+                    "",
+                    _num(s.get("p50_ms"), 2),
+                    _num(s.get("p95_ms"), 2),
+                    _num(s.get("p99_ms"), 2),
+                ]
+            )
+    for size, s in (_get(cairn, "depth", "sizes") or {}).items():
+        rows.append(
+            [
+                f"claim @ {int(size):,} queued",
+                "",
+                "",
+                _num(s.get("p50_ms"), 2),
+                _num(s.get("p95_ms"), 2),
+                _num(s.get("p99_ms"), 2),
+            ]
+        )
+    rows.append(
+        [f"server peak RSS MB: {_num(cairn.get('server_peak_rss_mb'))}", "", "", "", "", ""]
+    )
+    errors = [f"  {k}: {v}" for k, v in (cairn.get("errors") or {}).items()]
+    return _render(rows) + ("\nerrors:\n" + "\n".join(errors) if errors else "")
+
+
+def _render(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for n, r in enumerate(rows):
+        out.append(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if n == 0:
+            out.append("-+-".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def write(results: dict[str, Any], outdir: Path) -> tuple[Path, Path | None]:
+    outdir.mkdir(parents=True, exist_ok=True)
+    results["targets"] = targets(results)
+    json_path = outdir / "latest.json"
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    try:
+        png = chart(results, outdir / "latest.png")
+    except Exception as exc:  # the chart is a convenience; never lose the numbers for it
+        print(f"chart not written: {exc}")
+        png = None
+    return json_path, png
+
+
+def chart(results: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cairn = results.get("cairn", {})
+    names = ["cairn"]
+    values = [_get(cairn, "drain", "runs_per_s") or 0.0]
+    for s in results.get("systems", {}).values():
+        names.append(s["label"].replace(", ", "\n"))
+        values.append(s.get("runs_per_s") or 0.0)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
+    ax = axes[0]
+    colors = ["#c0392b"] + ["#7f8c8d"] * (len(values) - 1)
+    ax.barh(names, values, color=colors)
+    ax.set_xscale("log")
+    positive = [v for v in values if v > 0]
+    if positive:
+        ax.set_xlim(left=min(positive) / 3, right=max(positive) * 3)
+    ax.set_xlabel("drain runs/s (log)")
+    ax.set_title(
+        f"Drain: {_get(cairn, 'drain', 'runs') or '?'} no-op runs, "
+        f"{results.get('config', {}).get('workers')} worker processes"
+    )
+    ax.invert_yaxis()
+    for i, v in enumerate(values):
+        ax.text(v if v > 0 else 1, i, f" {v:,.0f}" if v else " n/a", va="center", fontsize=8)
+    ax = axes[1]
+    lat = _get(cairn, "latency") or {}
+    labels, p50, p95, p99 = [], [], [], []
+    for label, d in lat.items():
+        if isinstance(d, dict) and "dispatch" in d:
+            labels.append(f"{label}\n{d['rate_per_s']:.0f}/s")
+            p50.append(d["dispatch"]["p50_ms"] or 0)
+            p95.append(d["dispatch"]["p95_ms"] or 0)
+            p99.append(d["dispatch"]["p99_ms"] or 0)
+    xs = range(len(labels))
+    ax.bar([x - 0.25 for x in xs], p50, 0.25, label="p50")
+    ax.bar(list(xs), p95, 0.25, label="p95")
+    ax.bar([x + 0.25 for x in xs], p99, 0.25, label="p99")
+    ax.set_xticks(list(xs), labels)
+    bars = [v for v in (*p50, *p95, *p99) if v > 0]
+    if bars and max(bars) / min(bars) > 50:
+        ax.set_yscale("log")
+    ax.set_ylabel("ms" + (" (log)" if ax.get_yscale() == "log" else ""))
+    ax.set_title("Cairn dispatch latency (trigger accepted → step start)")
+    ax.legend()
+    ax = axes[2]
+    depth = _get(cairn, "depth", "sizes") or {}
+    sizes = sorted(depth, key=int)
+    ax.bar([f"{int(s):,}" for s in sizes], [depth[s]["p50_ms"] or 0 for s in sizes], label="p50")
+    ax.plot(
+        [f"{int(s):,}" for s in sizes], [depth[s]["p95_ms"] or 0 for s in sizes], "ko-", label="p95"
+    )
+    ax.set_ylabel("ms")
+    ax.set_xlabel("queued step runs")
+    ax.set_title("Cairn single claim (poll max_tasks=1)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
