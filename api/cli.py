@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "migrate":
         return _migrate(args)
-    if args.command in ("tenant", "token"):
+    if args.command in ("tenant", "token", "check"):
         return cli_admin.run(args)
     from worker_sdk import cli as worker_cli
 

@@ -42,6 +42,17 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     for p in (kcreate, klist, krevoke):
         p.add_argument("--data-dir", help=data_dir_help)
 
+    check = sub.add_parser(
+        "check", help="check the database's invariants; exit 1 and list violations if any"
+    )
+    check.add_argument(
+        "--slack",
+        type=float,
+        default=30.0,
+        help="seconds an expired lease may wait for the reaper before it counts (default 30)",
+    )
+    check.add_argument("--data-dir", help=data_dir_help)
+
 
 def _with_database(data_dir: str | None, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Migrate, then run ``fn`` in one transaction on the configured (or embedded) database."""
@@ -141,9 +152,24 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from db.check import Violation, run_checks
+
+    async def go(conn: AsyncConnection) -> list[Violation]:
+        return await run_checks(conn, slack_s=args.slack)
+
+    found = _with_database(args.data_dir, go)
+    for v in found:
+        print(f"{v.check}\t{v.detail}")
+    print(f"cairn check: {len(found)} violation(s)", file=sys.stderr)
+    return 1 if found else 0
+
+
 def run(args: argparse.Namespace) -> int:
     from db.tokens import TokenAdminError
 
+    if args.command == "check":
+        return _check(args)
     try:
         return _tenant(args) if args.command == "tenant" else _token(args)
     except TokenAdminError as err:

@@ -50,3 +50,35 @@ async def test_corruption_is_reported(api: Api) -> None:
     async with api.svc.db.connect() as conn:
         found = {v.check for v in await run_checks(conn)}
     assert {"attempt_gaps", "succeeded_attempts", "run_status_agrees"} <= found
+
+
+async def test_cairn_check_command_exit_status(api: Api, db_url: str) -> None:
+    import asyncio
+    import os
+    import sys
+
+    await busy_database(api)
+    env = {**os.environ, "CAIRN_DATABASE_URL": db_url}
+
+    async def check() -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "api.cli",
+            "check",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+        return proc.returncode or 0, out.decode()
+
+    assert await check() == (0, "")
+    async with api.svc.db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE runs SET status = 'succeeded', finished_at = now() WHERE status = 'running'"
+            )
+        )
+    code, out = await check()
+    assert code == 1 and "run_status_agrees" in out
