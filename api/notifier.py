@@ -52,7 +52,9 @@ class Notifier:
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=10)
+                conn = await asyncpg.connect(
+                    self._dsn, timeout=10, server_settings={"application_name": "cairn-listen"}
+                )
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self.connected.set()
                 # Anything queued while we were not listening: let every waiter re-check.

@@ -1,0 +1,106 @@
+"""Steady load and a completion-rate meter for the recovery figures of the fault scenarios.
+
+The figures follow the published queue-benchmark convention: completion rate in the recovery
+phase divided by the clean baseline, and seconds until the rate is back above 90 % of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from worker_sdk import AsyncClient
+
+
+@dataclass
+class SteadyLoad:
+    """Triggers ``rate`` runs a second, each with an idempotency key, until stopped."""
+
+    client: AsyncClient
+    rate: float
+    prefix: str
+    acknowledged: dict[str, str] = field(default_factory=dict)
+    failures: int = 0
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        i, start = 0, time.monotonic()
+        pending: set[asyncio.Task[None]] = set()
+        while not self._stop.is_set():
+            due = start + i / self.rate
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            task = asyncio.create_task(self._one(f"{self.prefix}-{i}", i))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            i += 1
+        await asyncio.gather(*pending)
+
+    async def _one(self, key: str, i: int) -> None:
+        while True:  # the SDK retries transient errors; keep trying until acknowledged
+            try:
+                run = await self.client.trigger("chain", {"v": i}, idempotency_key=key)
+                self.acknowledged[key] = run["id"]
+                return
+            except Exception:
+                self.failures += 1
+                await asyncio.sleep(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class Meter:
+    """Samples the number of succeeded runs from the database every ``every`` seconds."""
+
+    db_url: str
+    every: float = 0.5
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        engine = create_async_engine(
+            self.db_url,
+            pool_size=1,
+            max_overflow=0,
+            connect_args={"server_settings": {"application_name": "meter"}},
+        )
+        try:
+            while not self._stop.is_set():
+                try:
+                    async with engine.connect() as conn:
+                        n = (
+                            await conn.execute(
+                                text("SELECT count(*) FROM runs WHERE status = 'succeeded'")
+                            )
+                        ).scalar_one()
+                    self.samples.append((time.monotonic(), int(n)))
+                except Exception:
+                    pass
+                await asyncio.sleep(self.every)
+        finally:
+            await engine.dispose()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def rate(self, start: float, end: float) -> float:
+        inside = [(t, n) for t, n in self.samples if start <= t <= end]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return 0.0
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+    def seconds_to(
+        self, fraction: float, baseline: float, after: float, window: float = 2.0
+    ) -> float:
+        """Seconds after ``after`` until the rolling rate is back above ``fraction`` of baseline."""
+        for t, _ in self.samples:
+            if t < after:
+                continue
+            if self.rate(t, t + window) >= fraction * baseline:
+                return round(t - after, 1)
+        return float("inf")
