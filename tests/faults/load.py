@@ -40,7 +40,8 @@ class SteadyLoad:
         await asyncio.gather(*pending)
 
     async def _one(self, key: str, i: int) -> None:
-        while True:  # the SDK retries transient errors; keep trying until acknowledged
+        give_up = time.monotonic() + 120
+        while time.monotonic() < give_up:  # the SDK retries too; keep on until acknowledged
             try:
                 run = await self.client.trigger("chain", {"v": i}, idempotency_key=key)
                 self.acknowledged[key] = run["id"]
@@ -59,6 +60,7 @@ class Meter:
 
     db_url: str
     every: float = 0.5
+    table: str = "runs"  # or "step_runs": count succeeded step runs instead of whole runs
     samples: list[tuple[float, int]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -73,11 +75,8 @@ class Meter:
             while not self._stop.is_set():
                 try:
                     async with engine.connect() as conn:
-                        n = (
-                            await conn.execute(
-                                text("SELECT count(*) FROM runs WHERE status = 'succeeded'")
-                            )
-                        ).scalar_one()
+                        sql = f"SELECT count(*) FROM {self.table} WHERE status = 'succeeded'"
+                        n = (await conn.execute(text(sql))).scalar_one()
                     self.samples.append((time.monotonic(), int(n)))
                 except Exception:
                     pass

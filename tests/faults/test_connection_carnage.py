@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -25,6 +26,7 @@ from api.notifier import asyncpg_dsn
 from db.check import run_checks
 from tests.e2e.conftest import Proc
 from tests.faults import flows
+from tests.faults.conftest import Starter
 from tests.faults.load import Meter, SteadyLoad
 from worker_sdk import AsyncClient
 
@@ -49,8 +51,9 @@ async def probe(url: str, stop: asyncio.Event, seen: list[Any]) -> None:
             await asyncio.sleep(0.3)
 
 
+@pytest.mark.timeout(CARNAGE_S + 420)
 async def test_connection_carnage(
-    server: Callable[..., Proc], procs: Callable[..., Proc], db_url: str
+    server: Callable[..., Proc], procs: Callable[..., Proc], db_url: str, background: Starter
 ) -> None:
     srv = server(db_pool_size=5, db_max_overflow=5)
     url = srv.url or ""
@@ -68,14 +71,14 @@ async def test_connection_carnage(
         await client.register(flows.chain)
         load = SteadyLoad(client, RATE, "carnage")
         meter = Meter(db_url)
-        tasks = [asyncio.create_task(load.run()), asyncio.create_task(meter.run())]
+        tasks = [background(load.run()), background(meter.run())]
         await asyncio.sleep(3 + BASELINE_S)
         base_end = time.monotonic()
         baseline = meter.rate(base_end - BASELINE_S, base_end)
 
         # A: terminate every Cairn backend twice a second.
         stop_probe, statuses = asyncio.Event(), []
-        prober = asyncio.create_task(probe(url, stop_probe, statuses))
+        prober = background(probe(url, stop_probe, statuses))
         killed = 0
         until = time.monotonic() + CARNAGE_S
         while time.monotonic() < until:

@@ -20,16 +20,23 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from db.check import run_checks
 from tests.e2e.conftest import Proc
 from tests.faults import flows
+from tests.faults.conftest import Starter
+from tests.faults.load import Meter
 from worker_sdk import AsyncClient
 
-RUNS = 1500
+RUNS = 2000
+BASELINE_RUNS = 500
 WORKERS = 3
 KILL_EVERY_S = 2.0
 MAX_KILLS = 5
 
 
 async def test_random_worker_kills_lose_nothing(
-    server: Callable[..., Proc], procs: Callable[..., Proc], db_url: str, tmp_path: Path
+    server: Callable[..., Proc],
+    procs: Callable[..., Proc],
+    db_url: str,
+    tmp_path: Path,
+    background: Starter,
 ) -> None:
     srv = server()
     url = srv.url or ""
@@ -41,15 +48,24 @@ async def test_random_worker_kills_lose_nothing(
             [sys.executable, "-m", "api.cli", "worker", "tests.faults.flows:worker"], env, "worker"
         )
 
+    meter = Meter(db_url, every=0.25, table="step_runs")  # a drain: count step completions
     async with AsyncClient(url, timeout=60) as client:
         await client.register(flows.chain)
-        for i in range(0, RUNS, 500):
-            await client.trigger_many("chain", [{"v": v} for v in range(i, i + 500)])
         live = [start() for _ in range(WORKERS)]
+        metering = background(meter.run())
+        # Clean baseline: a first batch drained with no kills.
+        await client.trigger_many("chain", [{"v": v} for v in range(BASELINE_RUNS)])
+        await _drained(db_url, BASELINE_RUNS)
+        base_end = time.monotonic()
+        first_done = next(t for t, n in meter.samples if n > 0)  # workers are up and draining
+        baseline = meter.rate(first_done, base_end)
+        for i in range(BASELINE_RUNS, RUNS, 500):
+            await client.trigger_many("chain", [{"v": v} for v in range(i, min(i + 500, RUNS))])
         killed: list[int] = []
         started = time.monotonic()
         deadline = started + 240
         rng = random.Random(1302)
+        last_kill = started
         while time.monotonic() < deadline:
             await asyncio.sleep(KILL_EVERY_S)
             done = await _count(db_url, "SELECT count(*) FROM runs WHERE status = 'succeeded'")
@@ -61,7 +77,18 @@ async def test_random_worker_kills_lose_nothing(
                 victim.popen.wait(5)
                 killed.append(victim.pid)
                 live.append(start())
+                last_kill = time.monotonic()
         elapsed = time.monotonic() - started
+        meter.stop()
+        await metering
+    rates = {
+        "baseline_steps_per_s": round(baseline, 1),
+        "rate_during_kills_over_baseline": round(meter.rate(started, last_kill) / baseline, 2),
+        "rate_after_last_kill_over_baseline": round(
+            meter.rate(last_kill, time.monotonic()) / baseline, 2
+        ),
+        "seconds_to_90pct": meter.seconds_to(0.9, baseline, last_kill, window=1.0),
+    }
 
     engine = create_async_engine(db_url)
     try:
@@ -115,9 +142,15 @@ async def test_random_worker_kills_lose_nothing(
                 "executions": len(executions),
                 "lost": RUNS - statuses.get("succeeded", 0),
                 "seconds": round(elapsed, 1),
+                **rates,
             }
         )
     )
+
+
+async def _drained(db_url: str, n: int) -> None:
+    while await _count(db_url, "SELECT count(*) FROM runs WHERE status = 'succeeded'") < n:
+        await asyncio.sleep(0.2)
 
 
 async def _count(db_url: str, sql: str) -> int:

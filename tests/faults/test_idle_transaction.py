@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import asyncpg
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -21,6 +22,7 @@ from api.notifier import asyncpg_dsn
 from db.check import run_checks
 from tests.e2e.conftest import Proc
 from tests.faults import flows
+from tests.faults.conftest import Starter
 from tests.faults.load import Meter, SteadyLoad
 from worker_sdk import AsyncClient
 
@@ -30,8 +32,9 @@ IDLE_S = float(os.environ.get("CAIRN_FAULT_IDLE_S", "180"))
 RECOVERY_S = 10.0
 
 
+@pytest.mark.timeout(IDLE_S + 420)
 async def test_idle_in_transaction_session(
-    server: Callable[..., Proc], procs: Callable[..., Proc], db_url: str
+    server: Callable[..., Proc], procs: Callable[..., Proc], db_url: str, background: Starter
 ) -> None:
     srv = server()
     url = srv.url or ""
@@ -44,7 +47,7 @@ async def test_idle_in_transaction_session(
     async with AsyncClient(url, timeout=15) as client:
         await client.register(flows.chain)
         load, meter = SteadyLoad(client, RATE, "idle"), Meter(db_url)
-        tasks = [asyncio.create_task(load.run()), asyncio.create_task(meter.run())]
+        tasks = [background(load.run()), background(meter.run())]
         await asyncio.sleep(3 + BASELINE_S)
         t0 = time.monotonic()
         baseline = meter.rate(t0 - BASELINE_S, t0)
