@@ -426,8 +426,14 @@ FROM step_runs WHERE id = :id FOR UPDATE
 
 # --- metrics ------------------------------------------------------------------------------------
 
+# Queued step runs per action, plus a 0 for every action a registered worker serves, so the
+# gauge has a series before anything queues.
 QUEUE_DEPTH = q("""
-SELECT action, count(*) AS n FROM step_runs WHERE status = 'queued' GROUP BY action
+SELECT action, sum(n)::bigint AS n FROM (
+  SELECT action, count(*) AS n FROM step_runs WHERE status = 'queued' GROUP BY action
+  UNION ALL
+  SELECT DISTINCT unnest(actions), 0 FROM workers WHERE deregistered_at IS NULL
+) d GROUP BY action
 """)
 
 ACTIVE_WORKERS = q("""
