@@ -25,9 +25,13 @@ from db.check import run_checks
 from db.embedded import EmbeddedPostgres
 from tests.e2e.conftest import Proc, free_port, wait_until
 from tests.faults import flows
+from tests.faults.conftest import Starter
+from tests.faults.load import Meter, SteadyLoad
 from worker_sdk import AsyncClient
 
-RUNS = 400
+RATE = 40.0
+BASELINE_S = 6.0
+RECOVERY_S = 8.0
 
 
 class Database:
@@ -73,7 +77,11 @@ async def fresh_url(database: Database) -> AsyncIterator[str]:
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_database_restart_mid_load(
-    mode: str, database: Database, fresh_url: str, procs: Callable[..., Proc]
+    mode: str,
+    database: Database,
+    fresh_url: str,
+    procs: Callable[..., Proc],
+    background: Starter,
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -92,39 +100,42 @@ async def test_database_restart_mid_load(
             "worker",
         )
 
-    acknowledged: dict[str, str] = {}
     red_seen = False
-    back_at = ready_after = 0.0
     async with AsyncClient(url, timeout=30) as client:
         await client.register(flows.chain)
-
-        async def trigger_all() -> None:
-            for i in range(RUNS):
-                key = f"{mode}-{i}"
-                run = await client.trigger("chain", {"v": i}, idempotency_key=key)
-                acknowledged[key] = run["id"]
-                await asyncio.sleep(0.005)
-
-        async def restart() -> None:
-            nonlocal red_seen, back_at, ready_after
-            while len(acknowledged) < RUNS // 3:
-                await asyncio.sleep(0.05)
-            await asyncio.to_thread(database.stop, mode)
-            for _ in range(100):
-                if await asyncio.to_thread(_ready, url) == 503:
-                    red_seen = True
-                    break
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(1.5)
-            await asyncio.to_thread(database.start)
-            back_at = time.monotonic()
-            await asyncio.to_thread(wait_until, lambda: _ready(url) == 200, 30, "ready again")
-            ready_after = time.monotonic() - back_at
-
-        await asyncio.gather(trigger_all(), restart())
-        for run_id in acknowledged.values():
+        load, meter = SteadyLoad(client, RATE, mode), Meter(fresh_url, every=0.25)
+        loading = background(load.run())
+        metering = background(meter.run())
+        await asyncio.sleep(3 + BASELINE_S)
+        t0 = time.monotonic()
+        baseline = meter.rate(t0 - BASELINE_S, t0)
+        await asyncio.to_thread(database.stop, mode)
+        for _ in range(100):
+            if await asyncio.to_thread(_ready, url) == 503:
+                red_seen = True
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(database.start)
+        back_at = time.monotonic()
+        await asyncio.to_thread(wait_until, lambda: _ready(url) == 200, 30, "ready again")
+        ready_after = time.monotonic() - back_at
+        await asyncio.sleep(RECOVERY_S)
+        load.stop()
+        await loading
+        for run_id in load.acknowledged.values():
             final = await client.wait(run_id, timeout=120)
             assert final["status"] == "succeeded", final
+        meter.stop()
+        await metering
+    acknowledged = load.acknowledged
+    figures = {
+        "baseline_runs_per_s": round(baseline, 1),
+        "rate_recovery_over_baseline": round(
+            meter.rate(back_at, back_at + RECOVERY_S) / baseline, 2
+        ),
+        "seconds_to_90pct": meter.seconds_to(0.9, baseline, back_at),
+    }
 
     assert red_seen, "/readyz never reported the database down"
     engine = create_async_engine(fresh_url)
@@ -134,16 +145,17 @@ async def test_database_restart_mid_load(
             violations = await run_checks(conn)
     finally:
         await engine.dispose()
-    assert count == RUNS == len(set(acknowledged.values()))  # none lost, none twice
+    assert count == len(acknowledged) == len(set(acknowledged.values()))  # none lost, none twice
     assert violations == []
     print(
         json.dumps(
             {
                 "scenario": f"database_restart_{mode}",
-                "runs": RUNS,
+                "runs": count,
                 "lost": 0,
                 "duplicated": 0,
                 "seconds_ready_after_db_back": round(ready_after, 1),
+                **figures,
             }
         )
     )
