@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from api.schemas import AttemptOut, RunOut, StepRunOut, TaskOut, WorkflowOut
-from db.types import Run, Task, Workflow
+from api.schemas import AttemptOut, RunOut, StepRunOut, WorkflowOut
+from db.types import Run, Workflow
 
 
 def workflow_out(w: Workflow) -> WorkflowOut:
@@ -63,22 +63,4 @@ def run_out(r: Run) -> RunOut:
         started_at=r.started_at,
         finished_at=r.finished_at,
         steps=steps,
-    )
-
-
-def task_out(t: Task) -> TaskOut:
-    return TaskOut(
-        step_run_id=t.step_run_id,
-        run_id=t.run_id,
-        workflow=t.workflow,
-        version=t.version,
-        step=t.step,
-        action=t.action,
-        attempt=t.attempt,
-        lease_token=t.lease_token,
-        input=t.input,
-        parents=t.parents,
-        timeout_at=t.timeout_at,
-        lease_expires_at=t.lease_expires_at,
-        delivery=t.delivery,
     )

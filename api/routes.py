@@ -173,7 +173,7 @@ async def list_runs(
             workflow=workflow,
             status=status,
             limit=min(limit, svc.settings.list_limit_max),
-            cursor=cursor,
+            cursor=cursor or None,
         )
     return RunList(runs=[run_out(r) for r in page.runs], next_cursor=page.next_cursor)
 

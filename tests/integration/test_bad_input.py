@@ -171,3 +171,27 @@ async def test_fuzz_findings_stay_fixed(api: Api) -> None:
     )
     r = await api.call("POST", "/workflows/bo/runs", json={"input": "\\u0000"})
     assert r.status_code == 201 and r.json()["input"] == "\\u0000"
+
+
+async def test_sql_metacharacters_in_every_string_field(api: Api) -> None:
+    evil = "x'); DROP TABLE step_runs; --\\\"%_"
+    await api.register("meta", [{"name": "s", "action": evil}], description=evil)
+    _problem(await api.call("PUT", "/workflows/meta", json={"steps": [{"name": evil}]}), 422)
+    _problem(await api.call("PUT", f"/workflows/{evil}", json={"steps": [{"name": "a"}]}), 422)
+    run = await api.trigger("meta", {evil: evil}, idempotency_key=evil)
+    w = await api.json("POST", "/workers", 201, json={"name": evil, "actions": [evil]})
+    [t] = await api.poll(w["id"])
+    assert t["action"] == evil and t["input"] == {evil: evil}
+    body = {
+        "lease_token": t["lease_token"],
+        "error": {"type": evil, "message": evil},
+        "retryable": False,
+    }
+    await api.call("POST", f"/step-runs/{t['step_run_id']}/fail", 200, json=body)
+    final = await api.run(run["id"])
+    assert final["steps"][0]["error"] == {"type": evil, "message": evil}
+    assert final["idempotency_key"] == evil
+    page = await api.json("GET", "/runs", params={"status": "failed", "cursor": None})
+    assert [r["id"] for r in page["runs"]] == [run["id"]]
+    _problem(await api.call("GET", "/runs", params={"cursor": evil}), 422)
+    _problem(await api.call("GET", f"/runs/{evil}"), 422)
