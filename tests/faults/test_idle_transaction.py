@@ -15,15 +15,12 @@ from collections.abc import Callable
 
 import asyncpg
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.notifier import asyncpg_dsn
-from db.check import run_checks
 from tests.e2e.conftest import Proc
 from tests.faults import flows
 from tests.faults.conftest import Starter
-from tests.faults.load import Meter, SteadyLoad
+from tests.faults.load import Meter, SteadyLoad, audit
 from worker_sdk import AsyncClient
 
 RATE = 40.0
@@ -77,13 +74,7 @@ async def test_idle_in_transaction_session(
     during = meter.rate(t0, t1) / baseline
     last_minute = meter.rate(max(t0, t1 - 60), t1) / baseline
     recovery = meter.rate(t1, t2) / baseline
-    engine = create_async_engine(db_url)
-    try:
-        async with engine.connect() as conn:
-            runs = (await conn.execute(text("SELECT count(*) FROM runs"))).scalar_one()
-            violations = await run_checks(conn)
-    finally:
-        await engine.dispose()
+    runs, violations = await audit(db_url)
     figures = {
         "scenario": "idle_in_transaction",
         "seconds": IDLE_S,

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from db.check import run_checks
 from tests.e2e.conftest import ROOT, Proc, free_port, wait_until
 from tests.faults import flows
+from tests.faults.load import audit
 from worker_sdk import AsyncClient
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -97,13 +95,7 @@ async def test_replica_killed_behind_nginx(
             final = await client.wait(run_id, timeout=120)
             assert final["status"] == "succeeded"
 
-    engine = create_async_engine(db_url)
-    try:
-        async with engine.connect() as conn:
-            count = (await conn.execute(text("SELECT count(*) FROM runs"))).scalar_one()
-            violations = await run_checks(conn)
-    finally:
-        await engine.dispose()
+    count, violations = await audit(db_url)
     assert count == RUNS == len(set(acknowledged.values()))
     assert violations == []
     print(
