@@ -65,6 +65,9 @@ def fuzz_server(pg_server_url: str, template_db: str) -> Iterator[str]:
         proc.wait(10)
 
 
+# A CPython 3.11 bug hypothesis can hit while describing a strategy; seen in schemathesis' own
+# "Runtime Error" section, never as a check failure.
+TOOL_CRASH = "AST constructor recursion depth mismatch"
 CHECKS = "not_a_server_error,response_schema_conformance,content_type_conformance"
 
 
@@ -86,13 +89,16 @@ def test_api_conforms_and_never_5xx(fuzz_server: str, tmp_path: Path) -> None:
         "--request-timeout",
         "10",
         "--workers",
-        "2",
+        "1",  # ast.parse in concurrent threads trips a CPython 3.11 bug inside hypothesis
         "--report",
         "junit",
         "--report-dir",
         str(tmp_path),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    if out.returncode != 0 and TOOL_CRASH in out.stdout and "FAILURES" not in out.stdout:
+        # The fuzzer itself crashed (not a finding about the API): run it once more.
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert "passed" in out.stdout.lower(), out.stdout[-2000:]
     print(out.stdout[-1500:])
