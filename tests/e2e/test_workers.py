@@ -44,6 +44,17 @@ def register(client: Client) -> None:
         client.register(wf)
 
 
+def trigger_and_wait_for_work(
+    srv: Proc, ledger: Path, input: dict[str, Any]
+) -> tuple[Client, dict[str, Any]]:
+    """Trigger a pipeline run and return once its `work` step has started on a worker."""
+    client = Client(srv.url)
+    register(client)
+    run = client.trigger("pipeline", input)
+    wait_until(lambda: any(e["step"] == "work" for e in read_ledger(ledger)), 20, "work started")
+    return client, run
+
+
 def step(run: dict[str, Any], name: str) -> dict[str, Any]:
     return next(s for s in run["steps"] if s["name"] == name)
 
@@ -77,10 +88,7 @@ def test_sigkill_mid_step_finishes_on_another_worker(
 ) -> None:
     srv = server()
     doomed = start_worker(srv)
-    client = Client(srv.url)
-    register(client)
-    run = client.trigger("pipeline", {"n": 1, "sleep": 3})
-    wait_until(lambda: any(e["step"] == "work" for e in read_ledger(ledger)), 20, "work started")
+    client, run = trigger_and_wait_for_work(srv, ledger, {"n": 1, "sleep": 3})
     doomed.signal(signal.SIGKILL)
     survivor = start_worker(srv)
     final = client.wait(run["id"], timeout=40)
@@ -190,10 +198,7 @@ def test_sigterm_lets_running_steps_finish(
 ) -> None:
     srv = server()
     w = start_worker(srv)
-    client = Client(srv.url)
-    register(client)
-    run = client.trigger("pipeline", {"n": 3, "sleep": 1.5})
-    wait_until(lambda: any(e["step"] == "work" for e in read_ledger(ledger)), 20, "work started")
+    client, run = trigger_and_wait_for_work(srv, ledger, {"n": 3, "sleep": 1.5})
     w.signal(signal.SIGTERM)
     assert w.popen.wait(20) == 0
     done = [e for e in read_ledger(ledger) if e["event"] == "done"]

@@ -13,29 +13,22 @@ PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing (.ci/run installs)")
 
 
-@needs_promtool
-def test_alert_rules_are_valid() -> None:
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
-        [str(PROMTOOL), "check", "rules", "deploy/prometheus/alerts.yml"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [str(PROMTOOL), "check", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 5 rules found" in out.stdout
+    return out
+
+
+@needs_promtool
+def test_alert_rules_are_valid() -> None:
+    assert "SUCCESS: 5 rules found" in promtool("rules", "deploy/prometheus/alerts.yml").stdout
 
 
 @needs_promtool
 def test_prometheus_config_is_valid() -> None:
-    out = subprocess.run(
-        [str(PROMTOOL), "check", "config", "deploy/prometheus/prometheus.yml"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+    promtool("config", "deploy/prometheus/prometheus.yml")
 
 
 def test_alerts_cover_the_documented_conditions() -> None:
