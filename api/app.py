@@ -10,7 +10,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
@@ -116,10 +115,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if url is None:
             embedded = EmbeddedPostgres(settings.data_dir)
             url = await asyncio.to_thread(embedded.start)
+        # The engine runs migrations (and readiness); requests use the asyncpg pool.
         db = Database(
-            create_engine(
-                url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
-            )
+            create_engine(url, pool_size=1, max_overflow=2),
+            pool_size=settings.db_pool_size + settings.db_max_overflow,
         )
         if settings.run_migrations:
             await migrate(db.engine)
@@ -165,8 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         svc: Service = request.app.state.service
         try:
             async with svc.db.connect() as conn:
-                await asyncio.wait_for(conn.execute(text("SELECT 1")), 5)
-                ready = await at_head(conn)
+                ready = await asyncio.wait_for(at_head(conn), 5)
         except Exception as err:
             return problems.problem(503, "not_ready", f"database unreachable: {err}"[:300])
         if not ready:

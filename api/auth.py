@@ -21,13 +21,13 @@ import time
 from collections import OrderedDict
 
 from fastapi import HTTPException, Request
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.ratelimit import RateLimiter
 from api.settings import Settings
 from db import tokens
 from db.engine import Database
 from db.models import DEFAULT_TENANT_ID
+from db.pg import Conn
 from db.tokens import Principal
 
 ROLE_RANK = {"viewer": 0, "worker": 1, "admin": 2}
@@ -111,7 +111,7 @@ class Gate:
             return None
         touch_after = max(self.cache_s, 1.0)
 
-        async def look_up(conn: AsyncConnection) -> Principal | None:
+        async def look_up(conn: Conn) -> Principal | None:
             return await tokens.verify(conn, token, touch_after_s=touch_after)
 
         found = await db.transaction(look_up)

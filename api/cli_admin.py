@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:  # `cairn worker` runs on SDK-only hosts: no server imports at load time
-    from sqlalchemy.ext.asyncio import AsyncConnection
+    from db.pg import Conn
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     check.add_argument("--data-dir", help=data_dir_help)
 
 
-def _with_database(data_dir: str | None, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+def _with_database(data_dir: str | None, fn: Callable[[Conn], Awaitable[T]]) -> T:
     """Migrate, then run ``fn`` in one transaction on the configured (or embedded) database."""
     from api.settings import Settings
     from db.embedded import EmbeddedPostgres
@@ -68,7 +68,7 @@ def _with_database(data_dir: str | None, fn: Callable[[AsyncConnection], Awaitab
         url = embedded.start()
 
     async def go(url: str) -> T:
-        db = Database(create_engine(url, pool_size=1, max_overflow=0))
+        db = Database(create_engine(url, pool_size=1, max_overflow=0), pool_size=2)
         try:
             await migrate(db.engine)
             return await db.transaction(fn)
@@ -155,7 +155,7 @@ def _token(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from db.check import Violation, run_checks
 
-    async def go(conn: AsyncConnection) -> list[Violation]:
+    async def go(conn: Conn) -> list[Violation]:
         return await run_checks(conn, slack_s=args.slack)
 
     found = _with_database(args.data_dir, go)

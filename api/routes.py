@@ -6,7 +6,6 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Response
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.convert import run_out, workflow_out
 from api.problems import TITLES
@@ -27,6 +26,7 @@ from db import payloads
 from db import runs as run_db
 from db import workflows as wf_db
 from db.errors import InvalidPayload
+from db.pg import Conn
 from db.types import Effects
 
 router = APIRouter(prefix="/api/v1")
@@ -53,7 +53,7 @@ async def register_workflow(
     """Register a definition: a changed one is the next version; an identical one is a no-op."""
     raw = body.model_dump(exclude_unset=True, exclude_none=True)
 
-    async def work(conn: AsyncConnection, _: Effects) -> tuple[Any, bool]:
+    async def work(conn: Conn, _: Effects) -> tuple[Any, bool]:
         return await wf_db.register(conn, tenant, name, raw, max_steps=svc.settings.max_steps)
 
     workflow, created = await svc.tx(work)
@@ -95,7 +95,7 @@ async def trigger_run(
     """Start a run. The same idempotency key again returns the same run (200), never a second."""
     input_json = payloads.dump(body.input, field="input", limit=svc.settings.max_payload_bytes)
 
-    async def work(conn: AsyncConnection, effects: Effects) -> tuple[Any, bool]:
+    async def work(conn: Conn, effects: Effects) -> tuple[Any, bool]:
         return await run_db.trigger(
             conn,
             tenant,
@@ -133,7 +133,7 @@ async def trigger_runs(name: str, body: BulkTriggerIn, svc: Svc, tenant: Tenant)
         for i, r in enumerate(body.runs)
     ]
 
-    async def work(conn: AsyncConnection, effects: Effects) -> tuple[int, list[tuple[str, bool]]]:
+    async def work(conn: Conn, effects: Effects) -> tuple[int, list[tuple[str, bool]]]:
         return await run_db.trigger_many(
             conn, tenant, name, items, version=body.version, effects=effects
         )
@@ -182,7 +182,7 @@ async def list_runs(
 async def cancel_run(run_id: UUID, svc: Svc, tenant: Tenant) -> RunOut:
     """Cancel queued and pending steps now; running ones learn it on their next heartbeat/poll."""
 
-    async def work(conn: AsyncConnection, effects: Effects) -> Any:
+    async def work(conn: Conn, effects: Effects) -> Any:
         return await run_db.cancel(conn, tenant, str(run_id), effects)
 
     return run_out(await svc.tx(work))
@@ -192,7 +192,7 @@ async def cancel_run(run_id: UUID, svc: Svc, tenant: Tenant) -> RunOut:
 async def replay_run(run_id: UUID, svc: Svc, tenant: Tenant) -> RunOut:
     """Re-queue failed/cancelled steps and their dependants; succeeded steps keep their output."""
 
-    async def work(conn: AsyncConnection, effects: Effects) -> Any:
+    async def work(conn: Conn, effects: Effects) -> Any:
         return await run_db.replay(conn, tenant, str(run_id), effects)
 
     return run_out(await svc.tx(work))

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Request, Response
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.fastjson import json_response
 from api.routes import ERRORS
@@ -30,6 +29,7 @@ from api.service import Service, service
 from api.tenancy import tenant_id
 from db import leases, payloads, reaper
 from db.errors import CairnDBError, InvalidPayload, LeaseConflict, NotFound
+from db.pg import Conn
 from db.types import Effects, PollResult
 
 router = APIRouter(prefix="/api/v1")
@@ -66,7 +66,7 @@ async def register_worker(body: WorkerIn, svc: Svc, tenant: Tenant) -> WorkerOut
         if not 1 <= len(action) <= 200 or not action.isprintable():
             raise InvalidPayload(f"action {action[:50]!r} must be 1-200 printable characters")
 
-    async def work(conn: AsyncConnection, _: Effects) -> Any:
+    async def work(conn: Conn, _: Effects) -> Any:
         return await leases.register_worker(
             conn,
             tenant,
@@ -104,7 +104,7 @@ async def poll(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(body.wait_s, s.poll_max_wait_s)
 
-    async def claim(conn: AsyncConnection, effects: Effects) -> PollResult:
+    async def claim(conn: Conn, effects: Effects) -> PollResult:
         return await leases.poll(conn, tenant, wid, max_tasks=max_tasks, effects=effects)
 
     actions = svc.worker_actions(wid)
@@ -132,7 +132,7 @@ async def heartbeat(worker_id: UUID, body: HeartbeatIn, svc: Svc, tenant: Tenant
     """Renew leases: each step run answers ``held``, ``cancelled`` (stop it) or ``lost``."""
     ids = [str(i) for i in body.step_run_ids]
 
-    async def work(conn: AsyncConnection, effects: Effects) -> dict[str, str]:
+    async def work(conn: Conn, effects: Effects) -> dict[str, str]:
         return await leases.heartbeat(
             conn,
             tenant,
@@ -159,7 +159,7 @@ async def complete(step_run_id: UUID, body: CompleteIn, svc: Svc, tenant: Tenant
     """Report success. Only the current lease holder is accepted; anyone else gets 409."""
     output = payloads.dump(body.output, field="output", limit=svc.settings.max_payload_bytes)
 
-    async def work(conn: AsyncConnection, effects: Effects) -> CairnDBError | None:
+    async def work(conn: Conn, effects: Effects) -> CairnDBError | None:
         return await leases.complete(
             conn, tenant, str(step_run_id), str(body.lease_token), output, effects=effects
         )
@@ -176,7 +176,7 @@ async def fail(step_run_id: UUID, body: FailIn, svc: Svc, tenant: Tenant) -> Out
     error = body.error.model_dump()
     payloads.dump(error, field="error", limit=svc.settings.max_payload_bytes)
 
-    async def work(conn: AsyncConnection, effects: Effects) -> str | LeaseConflict:
+    async def work(conn: Conn, effects: Effects) -> str | LeaseConflict:
         return await leases.fail(
             conn,
             tenant,
@@ -221,7 +221,7 @@ async def report_results(body: ResultsIn, svc: Svc, tenant: Tenant) -> Response:
 
     refusals: list[CairnDBError] = []
 
-    async def work(conn: AsyncConnection, effects: Effects) -> list[dict[str, Any]]:
+    async def work(conn: Conn, effects: Effects) -> list[dict[str, Any]]:
         refusals.clear()
         out: list[dict[str, Any] | None] = [None] * len(body.results)
         if completions:

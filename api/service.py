@@ -7,13 +7,13 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fastapi import Request
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.metrics import Metrics
 from api.notifier import Notifier
 from api.settings import Settings
 from db import transitions
 from db.engine import Database
+from db.pg import Conn
 from db.types import Effects
 
 T = TypeVar("T")
@@ -29,11 +29,11 @@ class Service:
         self.metrics = metrics
         self._worker_actions: OrderedDict[str, tuple[str, ...]] = OrderedDict()
 
-    async def tx(self, fn: Callable[[AsyncConnection, Effects], Awaitable[T]]) -> T:
+    async def tx(self, fn: Callable[[Conn, Effects], Awaitable[T]]) -> T:
         """One transaction; its wake-ups are sent inside it and its metrics after commit."""
         holder: list[Effects] = []
 
-        async def body(conn: AsyncConnection) -> T:
+        async def body(conn: Conn) -> T:
             effects = Effects()
             holder[:] = [effects]
             result = await fn(conn, effects)
@@ -54,6 +54,6 @@ class Service:
         return self._worker_actions.get(worker_id)
 
 
-def service(request: Request) -> Service:
+async def service(request: Request) -> Service:
     svc: Service = request.app.state.service
     return svc

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+from db.pg import Conn
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,7 @@ CHECKS: dict[str, str] = {
 }
 
 
-async def run_checks(conn: AsyncConnection, *, slack_s: float = 30.0) -> list[Violation]:
+async def run_checks(conn: Conn, *, slack_s: float = 30.0) -> list[Violation]:
     """All invariant violations found (empty when the database is consistent)."""
     found: list[Violation] = []
     for name, sql in CHECKS.items():

@@ -6,21 +6,24 @@ Driver errors are translated once, here, into :mod:`db.errors`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import asyncpg
+import asyncpg.exceptions._base as asyncpg_base
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from db.errors import DatabaseUnavailable, InvalidPayload
+from db.pg import Conn, StatementListener, create_pool
 
 log = logging.getLogger("cairn.db")
 T = TypeVar("T")
@@ -69,14 +72,24 @@ async def migrate(engine: AsyncEngine) -> None:
         await conn.run_sync(_upgrade)
 
 
-def _heads_match(sync_conn: Connection) -> bool:
-    ctx = MigrationContext.configure(sync_conn)
-    script = ScriptDirectory.from_config(alembic_config())
-    return set(ctx.get_current_heads()) == set(script.get_heads())
+def script_heads() -> set[str]:
+    """The migration heads this code expects (read from the migration scripts, cached)."""
+    global _SCRIPT_HEADS
+    if _SCRIPT_HEADS is None:
+        _SCRIPT_HEADS = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+    return _SCRIPT_HEADS
 
 
-async def at_head(conn: AsyncConnection) -> bool:
-    return await conn.run_sync(_heads_match)
+_SCRIPT_HEADS: set[str] | None = None
+
+
+async def at_head(conn: Conn) -> bool:
+    """Whether the database's schema is at the newest migration."""
+    exists = (await conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar()
+    if not exists:
+        return False
+    rows = await conn.execute("SELECT version_num FROM alembic_version")
+    return {str(r[0]) for r in rows} == script_heads()
 
 
 def sqlstate(err: BaseException) -> str | None:
@@ -90,6 +103,10 @@ def sqlstate(err: BaseException) -> str | None:
 
 def translate(err: BaseException) -> BaseException:
     """Map a driver error to a domain error, or return it unchanged."""
+    # A value asyncpg itself could not encode (not SQLSTATE 22, which the server raises): a bug.
+    client_side = isinstance(err, asyncpg_base.DataError)
+    if client_side:
+        return err
     code = sqlstate(err)
     if code is not None:
         if code.startswith("22"):  # data exception: bad JSON text, out of range, ...
@@ -100,42 +117,130 @@ def translate(err: BaseException) -> BaseException:
         return DatabaseUnavailable("database connection pool exhausted")
     if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
         return DatabaseUnavailable("database connection lost")
-    if isinstance(err, sa_exc.InterfaceError | sa_exc.OperationalError | OSError | ConnectionError):
+    if isinstance(
+        err,
+        sa_exc.InterfaceError
+        | sa_exc.OperationalError
+        | asyncpg.InterfaceError
+        | asyncpg_base.InternalClientError
+        | OSError
+        | ConnectionError,
+    ):
         return DatabaseUnavailable("database unavailable")
     return err
 
 
-class Database:
-    """An engine plus the one way this project runs a transaction."""
+def asyncpg_dsn(url: str) -> str:
+    """A libpq-style URL asyncpg accepts, from any postgres URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
-    def __init__(self, engine: AsyncEngine) -> None:
+
+# What a driver call can raise; anything else is a bug and propagates as it is.
+DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg_base.InternalClientError,
+    OSError,
+    ConnectionError,
+)
+
+
+def _connection_error(err: BaseException) -> bool:
+    return isinstance(translate(err), DatabaseUnavailable)
+
+
+class Database:
+    """The asyncpg pool every request uses, the SQLAlchemy engine migrations use, and the one
+    way this project runs a transaction."""
+
+    def __init__(self, engine: AsyncEngine, *, pool_size: int = 20) -> None:
         self.engine = engine
+        self.pool_size = pool_size
+        self.acquire_timeout_s = 10.0
+        self.listeners: list[StatementListener] = []  # called with each statement's SQL
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    dsn = asyncpg_dsn(self.engine.url.render_as_string(hide_password=False))
+                    self._pool = await create_pool(dsn, max_size=self.pool_size)
+        return self._pool
 
     @asynccontextmanager
-    async def connect(self) -> AsyncIterator[AsyncConnection]:
+    async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; one that failed at the connection level is discarded, not
+        returned (a terminated backend can leave the driver in a state no query recovers)."""
         try:
-            async with self.engine.connect() as conn:
-                yield conn
-        except (sa_exc.SQLAlchemyError, OSError, ConnectionError) as err:
+            pool = await self._get_pool()
+            raw = await pool.acquire(timeout=self.acquire_timeout_s)
+        except TimeoutError as err:
+            raise DatabaseUnavailable("database connection pool exhausted") from err
+        except DRIVER_ERRORS as err:
+            raise translate(err) from err
+        broken = False
+        try:
+            yield raw
+        except DRIVER_ERRORS as err:
+            broken = _connection_error(err)
+            raise
+        finally:
+            if broken:
+                raw.terminate()
+            try:
+                await pool.release(raw)
+            except Exception as err:  # the connection broke: the pool replaces it
+                log.debug("releasing a connection failed: %s", err)
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[Conn]:
+        """A connection outside any transaction (each statement commits on its own)."""
+        try:
+            async with self._acquire() as raw:
+                yield Conn(raw, self.listeners)
+        except DRIVER_ERRORS as err:
             raise translate(err) from err
 
-    async def transaction(
-        self, fn: Callable[[AsyncConnection], Awaitable[T]], *, attempts: int = 5
-    ) -> T:
-        """Run ``fn`` in one transaction; retry on deadlock or serialization failure."""
-        for attempt in range(1, attempts + 1):
+    async def transaction(self, fn: Callable[[Conn], Awaitable[T]], *, attempts: int = 5) -> T:
+        """Run ``fn`` in one transaction; retry on deadlock or serialization failure, and on a
+        connection found dead before the transaction began (as after a database restart)."""
+        stale_retries = self.pool_size + 1
+        attempt = 0
+        while True:
+            attempt += 1
+            began = False
             try:
-                async with self.engine.begin() as conn:
-                    return await fn(conn)
-            except sa_exc.DBAPIError as err:
+                async with self._acquire() as raw:
+                    tx = raw.transaction()
+                    await tx.start()
+                    began = True
+                    try:
+                        result = await fn(Conn(raw, self.listeners))
+                    except BaseException:
+                        if not raw.is_closed():
+                            with contextlib.suppress(Exception):
+                                await tx.rollback()
+                        raise
+                    await tx.commit()
+                    return result
+            except DRIVER_ERRORS as err:
                 if sqlstate(err) in RETRYABLE_SQLSTATES and attempt < attempts:
                     log.info("retrying transaction after %s", sqlstate(err))
                     await asyncio.sleep(0.01 * attempt)
                     continue
+                if not began and _connection_error(err) and stale_retries > 0:
+                    stale_retries -= 1  # nothing was sent but BEGIN: safe on a fresh connection
+                    attempt -= 1
+                    continue
                 raise translate(err) from err
-            except (sa_exc.SQLAlchemyError, OSError, ConnectionError) as err:
-                raise translate(err) from err
-        raise AssertionError("unreachable")
 
     async def dispose(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except Exception:
+                pool.terminate()
         await self.engine.dispose()

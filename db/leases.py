@@ -6,11 +6,10 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from db import queries as Q
 from db import transitions
 from db.errors import CairnDBError, LeaseConflict, NotFound
+from db.pg import Conn
 from db.types import Effects, PollResult, Task, WorkerInfo
 
 
@@ -26,7 +25,7 @@ def _worker(row: Any) -> WorkerInfo:
 
 
 async def register_worker(
-    conn: AsyncConnection,
+    conn: Conn,
     tenant: str,
     *,
     name: str,
@@ -53,7 +52,7 @@ async def register_worker(
     return _worker(row)
 
 
-async def _touch(conn: AsyncConnection, tenant: str, worker_id: str, now: datetime | None) -> Any:
+async def _touch(conn: Conn, tenant: str, worker_id: str, now: datetime | None) -> Any:
     row = (
         await conn.execute(Q.TOUCH_WORKER, {"tenant": tenant, "worker": worker_id, "now": now})
     ).first()
@@ -63,7 +62,7 @@ async def _touch(conn: AsyncConnection, tenant: str, worker_id: str, now: dateti
 
 
 async def _deliver_cancellations(
-    conn: AsyncConnection, worker_id: str, ids: list[str], effects: Effects, now: datetime | None
+    conn: Conn, worker_id: str, ids: list[str], effects: Effects, now: datetime | None
 ) -> list[str]:
     if not ids:
         return []
@@ -80,7 +79,7 @@ async def _deliver_cancellations(
 
 
 async def poll(
-    conn: AsyncConnection,
+    conn: Conn,
     tenant: str,
     worker_id: str,
     *,
@@ -130,7 +129,7 @@ async def poll(
 
 
 async def heartbeat(
-    conn: AsyncConnection,
+    conn: Conn,
     tenant: str,
     worker_id: str,
     step_run_ids: list[str],
@@ -170,7 +169,7 @@ async def heartbeat(
 
 
 async def _conflict(
-    conn: AsyncConnection, tenant: str, step_run_id: str, token: str, output_json: str | None
+    conn: Conn, tenant: str, step_run_id: str, token: str, output_json: str | None
 ) -> LeaseConflict:
     """Explain why a fenced write was refused, and whether it conflicts with what is stored."""
     row = (
@@ -213,7 +212,7 @@ async def _conflict(
 
 
 async def complete_many(
-    conn: AsyncConnection,
+    conn: Conn,
     tenant: str,
     items: list[tuple[str, str, str]],
     *,
@@ -256,7 +255,7 @@ async def complete_many(
 
 
 async def complete(
-    conn: AsyncConnection,
+    conn: Conn,
     tenant: str,
     step_run_id: str,
     token: str,
@@ -273,7 +272,7 @@ async def complete(
 
 
 async def _finish_cancelled_holder(
-    conn: AsyncConnection,
+    conn: Conn,
     tenant: str,
     step_run_id: str,
     token: str,
@@ -291,7 +290,7 @@ async def _finish_cancelled_holder(
 
 
 async def fail(
-    conn: AsyncConnection,
+    conn: Conn,
     tenant: str,
     step_run_id: str,
     token: str,
@@ -324,15 +323,13 @@ async def fail(
     )
 
 
-async def held_by(conn: AsyncConnection, worker_id: str) -> list[tuple[str, str]]:
+async def held_by(conn: Conn, worker_id: str) -> list[tuple[str, str]]:
     return [
         (str(r.id), str(r.run_id)) for r in await conn.execute(Q.WORKER_HELD, {"worker": worker_id})
     ]
 
 
-async def deregister(
-    conn: AsyncConnection, tenant: str, worker_id: str, now: datetime | None = None
-) -> None:
+async def deregister(conn: Conn, tenant: str, worker_id: str, now: datetime | None = None) -> None:
     row = (
         await conn.execute(Q.DEREGISTER_WORKER, {"tenant": tenant, "worker": worker_id, "now": now})
     ).first()

@@ -248,13 +248,21 @@ RETURNING id, name, actions, slots, heartbeat_interval_s, lease_timeout_s
 """)
 
 # Liveness, and what the poll needs: free slots and the cancellations it must deliver.
+# last_seen_at is written at most once a second per worker, so an empty poll writes nothing
+# (and its commit waits for no WAL flush).
 TOUCH_WORKER = q("""
-UPDATE workers SET last_seen_at = {NOW}
-WHERE tenant_id = :tenant AND id = :worker AND deregistered_at IS NULL
-RETURNING actions, slots, lease_timeout_s,
+WITH w AS (
+  SELECT id, actions, slots, lease_timeout_s FROM workers
+  WHERE tenant_id = :tenant AND id = :worker AND deregistered_at IS NULL
+), seen AS (
+  UPDATE workers SET last_seen_at = {NOW}
+  WHERE id IN (SELECT id FROM w) AND last_seen_at < {NOW} - interval '1 second'
+)
+SELECT actions, slots, lease_timeout_s,
   (SELECT count(*) FROM step_runs s WHERE s.worker_id = :worker AND s.status = 'running') AS busy,
   ARRAY(SELECT s.id::text FROM step_runs s WHERE s.worker_id = :worker AND s.status = 'running'
         AND s.cancel_requested_at IS NOT NULL) AS cancelled
+FROM w
 """)
 
 DEREGISTER_WORKER = q("""

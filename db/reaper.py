@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from db import queries as Q
 from db import transitions
 from db.engine import Database
 from db.errors import DatabaseUnavailable
+from db.pg import Conn
 from db.types import Effects
 
 log = logging.getLogger("cairn.reaper")
@@ -25,7 +24,7 @@ SCHEDULE_ERROR = {"type": "schedule_timeout", "message": "the step waited past s
 
 
 async def _reap_one(
-    conn: AsyncConnection,
+    conn: Conn,
     step_run_id: str,
     run_id: str,
     *,
@@ -100,7 +99,7 @@ async def tick(
     done = 0
     for sid, rid in dict.fromkeys((str(c.id), str(c.run_id)) for c in candidates):
 
-        async def work(conn: AsyncConnection, sid: str = sid, rid: str = rid) -> Effects | None:
+        async def work(conn: Conn, sid: str = sid, rid: str = rid) -> Effects | None:
             local = Effects()
             changed = await _reap_one(conn, sid, rid, grace_s=grace_s, effects=local, now=now)
             return local if changed else None
@@ -124,7 +123,7 @@ async def release_worker(
     """Deregister a worker and give back every step run it holds."""
     from db import leases
 
-    async def mark(conn: AsyncConnection) -> list[tuple[str, str]]:
+    async def mark(conn: Conn) -> list[tuple[str, str]]:
         await leases.deregister(conn, tenant, worker_id, now)
         return await leases.held_by(conn, worker_id)
 
@@ -132,9 +131,7 @@ async def release_worker(
     released = 0
     for sid, rid in held:
 
-        async def give_back(
-            conn: AsyncConnection, sid: str = sid, rid: str = rid
-        ) -> Effects | None:
+        async def give_back(conn: Conn, sid: str = sid, rid: str = rid) -> Effects | None:
             local = Effects()
             await conn.execute(Q.LOCK_RUN, {"tenant": tenant, "id": rid})
             step = (await conn.execute(Q.REAPER_STEP, {"id": sid, "grace": 0, "now": now})).first()

@@ -9,12 +9,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db import queries as Q
 from db import transitions
 from db import workflows as wf
 from db.errors import InvalidPayload, InvalidState, NotFound
+from db.pg import Conn
 from db.types import Attempt, Effects, Run, RunPage, StepRun
 
 
@@ -58,7 +58,7 @@ def _run(row: Any, steps: tuple[StepRun, ...] | None = None) -> Run:
 
 
 async def trigger_many(
-    conn: AsyncConnection,
+    conn: Conn,
     tenant: str,
     workflow: str,
     items: list[tuple[str, str | None]],
@@ -117,7 +117,7 @@ async def trigger_many(
 
 
 async def trigger(
-    conn: AsyncConnection,
+    conn: Conn,
     tenant: str,
     workflow: str,
     input_json: str,
@@ -148,7 +148,7 @@ async def trigger(
     return await get(conn, tenant, run_id), created
 
 
-async def get(conn: AsyncConnection, tenant: str, run_id: str) -> Run:
+async def get(conn: Conn, tenant: str, run_id: str) -> Run:
     row = (await conn.execute(Q.GET_RUN, {"tenant": tenant, "id": run_id})).first()
     if row is None:
         raise NotFound(f"run {run_id} does not exist")
@@ -204,7 +204,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 async def list_runs(
-    conn: AsyncConnection,
+    conn: Conn,
     tenant: str,
     *,
     workflow: str | None,
@@ -239,7 +239,7 @@ async def list_runs(
 
 
 async def cancel(
-    conn: AsyncConnection, tenant: str, run_id: str, effects: Effects, now: datetime | None = None
+    conn: Conn, tenant: str, run_id: str, effects: Effects, now: datetime | None = None
 ) -> Run:
     """Cancel queued/pending step runs now; flag running ones for their holders to learn."""
     run = (await conn.execute(Q.LOCK_RUN, {"tenant": tenant, "id": run_id})).first()
@@ -257,7 +257,7 @@ async def cancel(
 
 
 async def replay(
-    conn: AsyncConnection, tenant: str, run_id: str, effects: Effects, now: datetime | None = None
+    conn: Conn, tenant: str, run_id: str, effects: Effects, now: datetime | None = None
 ) -> Run:
     """Re-queue the failed/cancelled steps and what depends on them; keep succeeded outputs."""
     run = (await conn.execute(Q.LOCK_RUN, {"tenant": tenant, "id": run_id})).first()

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exc as sa_exc
+import asyncpg
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.models import TOKEN_ROLES
+from db.pg import Conn
 
 TOKEN_PREFIX = "cairn_"
 TOKEN_RE = re.compile(r"^cairn_([0-9a-f]{8})_([0-9a-f]{48})$")
@@ -73,7 +73,7 @@ def prefix_of(value: str) -> str:
     return value.split("_", 1)[0].lower()
 
 
-async def create_tenant(conn: AsyncConnection, name: str) -> str:
+async def create_tenant(conn: Conn, name: str) -> str:
     name = name.strip()
     if not name:
         raise TokenAdminError("a tenant needs a name")
@@ -92,12 +92,12 @@ async def create_tenant(conn: AsyncConnection, name: str) -> str:
     return str(row.id)
 
 
-async def list_tenants(conn: AsyncConnection) -> list[Any]:
+async def list_tenants(conn: Conn) -> list[Any]:
     rows = await conn.execute(text("SELECT id, name, created_at FROM tenants ORDER BY created_at"))
     return list(rows)
 
 
-async def resolve_tenant(conn: AsyncConnection, name_or_id: str) -> tuple[str, str]:
+async def resolve_tenant(conn: Conn, name_or_id: str) -> tuple[str, str]:
     """``(id, name)`` of a tenant given by name or by id."""
     params = {"name": name_or_id, "id": name_or_id if UUID_RE.match(name_or_id) else None}
     sql = (
@@ -110,9 +110,7 @@ async def resolve_tenant(conn: AsyncConnection, name_or_id: str) -> tuple[str, s
     return str(row.id), str(row.name)
 
 
-async def create_token(
-    conn: AsyncConnection, tenant: str, role: str, name: str = ""
-) -> tuple[str, str]:
+async def create_token(conn: Conn, tenant: str, role: str, name: str = "") -> tuple[str, str]:
     """Create a token for tenant ``tenant`` (name or id); return ``(token, prefix)``."""
     if role not in TOKEN_ROLES:
         raise TokenAdminError(f"role must be one of {', '.join(TOKEN_ROLES)}")
@@ -135,13 +133,13 @@ async def create_token(
                         "hash": hash_token(token),
                     },
                 )
-        except sa_exc.IntegrityError:  # a prefix collision (1 in 4 billion): draw again
+        except asyncpg.UniqueViolationError:  # a prefix collision (1 in 4 billion): draw again
             continue
         return token, prefix
     raise TokenAdminError("could not draw a unique token prefix")
 
 
-async def list_tokens(conn: AsyncConnection, tenant: str | None = None) -> list[TokenInfo]:
+async def list_tokens(conn: Conn, tenant: str | None = None) -> list[TokenInfo]:
     params: dict[str, Any] = {}
     where = ""
     if tenant is not None:
@@ -170,7 +168,7 @@ async def list_tokens(conn: AsyncConnection, tenant: str | None = None) -> list[
     ]
 
 
-async def revoke(conn: AsyncConnection, prefix: str) -> bool:
+async def revoke(conn: Conn, prefix: str) -> bool:
     """Revoke the token with this prefix; False if there is none. Revoking twice is a no-op."""
     row = (
         await conn.execute(
@@ -197,7 +195,7 @@ TOUCH = text(
 )
 
 
-async def verify(conn: AsyncConnection, token: str, *, touch_after_s: float) -> Principal | None:
+async def verify(conn: Conn, token: str, *, touch_after_s: float) -> Principal | None:
     """The principal of a live token, or None. Updates ``last_used_at`` when older than
     ``touch_after_s`` (the caller caches answers for that long, so it is written rarely)."""
     if not well_formed(token):

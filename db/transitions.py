@@ -10,9 +10,8 @@ import random
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from db import queries as Q
+from db.pg import Conn
 from db.types import Effects
 
 
@@ -39,7 +38,7 @@ def dump_error(error: dict[str, Any] | None) -> str | None:
 
 
 async def close_attempt(
-    conn: AsyncConnection,
+    conn: Conn,
     token: str,
     outcome: str,
     error: dict[str, Any] | None,
@@ -51,14 +50,14 @@ async def close_attempt(
     )
 
 
-async def notify(conn: AsyncConnection, effects: Effects) -> None:
+async def notify(conn: Conn, effects: Effects) -> None:
     """Wake long-polls for the actions this transaction queued (delivered at commit)."""
     for tenant, action in sorted(effects.notify):
         await conn.execute(Q.NOTIFY, {"payload": f"{tenant}:{action}"})
 
 
 async def promote_children(
-    conn: AsyncConnection, run_ids: list[str], effects: Effects, now: datetime | None
+    conn: Conn, run_ids: list[str], effects: Effects, now: datetime | None
 ) -> None:
     """Queue the pending steps of these runs whose parents have all succeeded."""
     rows = await conn.execute(Q.PROMOTE_READY, {"runs": run_ids, "now": now})
@@ -68,7 +67,7 @@ async def promote_children(
 
 
 async def settle_runs(
-    conn: AsyncConnection, run_ids: list[str], effects: Effects, now: datetime | None
+    conn: Conn, run_ids: list[str], effects: Effects, now: datetime | None
 ) -> None:
     """Finish the runs with no open step left; mark the others running."""
     for row in await conn.execute(Q.SETTLE_RUNS, {"runs": run_ids, "now": now}):
@@ -76,14 +75,12 @@ async def settle_runs(
             effects.run_statuses[row.status] += 1
 
 
-async def settle_run(
-    conn: AsyncConnection, run_id: str, effects: Effects, now: datetime | None
-) -> None:
+async def settle_run(conn: Conn, run_id: str, effects: Effects, now: datetime | None) -> None:
     await settle_runs(conn, [run_id], effects, now)
 
 
 async def after_success(
-    conn: AsyncConnection, run_ids: list[str], effects: Effects, now: datetime | None
+    conn: Conn, run_ids: list[str], effects: Effects, now: datetime | None
 ) -> None:
     """Steps of these runs succeeded: queue what became ready, settle what is done."""
     await promote_children(conn, run_ids, effects, now)
@@ -91,7 +88,7 @@ async def after_success(
 
 
 async def after_permanent_failure(
-    conn: AsyncConnection,
+    conn: Conn,
     run_id: str,
     step_name: str,
     is_on_failure: bool,
@@ -116,7 +113,7 @@ async def after_permanent_failure(
 
 
 async def fail_attempt(
-    conn: AsyncConnection,
+    conn: Conn,
     step: Any,
     *,
     error: dict[str, Any],
@@ -178,9 +175,7 @@ async def fail_attempt(
     return "failed"
 
 
-async def cancel_running(
-    conn: AsyncConnection, step: Any, effects: Effects, now: datetime | None
-) -> None:
+async def cancel_running(conn: Conn, step: Any, effects: Effects, now: datetime | None) -> None:
     """Revoke the lease of a running step run whose run was cancelled."""
     await close_attempt(conn, str(step.lease_token), "cancelled", None, now)
     await conn.execute(Q.CANCEL_STEP, {"id": step.id, "now": now})
@@ -188,9 +183,7 @@ async def cancel_running(
     await settle_run(conn, str(step.run_id), effects, now)
 
 
-async def release_running(
-    conn: AsyncConnection, step: Any, effects: Effects, now: datetime | None
-) -> None:
+async def release_running(conn: Conn, step: Any, effects: Effects, now: datetime | None) -> None:
     """A worker gave a running step run back unfinished (graceful shutdown, deregistration)."""
     if step.cancel_requested_at is not None:
         await cancel_running(conn, step, effects, now)

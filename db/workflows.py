@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from db import queries as Q
 from db.definitions import normalize
 from db.errors import NotFound
 from db.payloads import canonical_hash
+from db.pg import Conn
 from db.types import Workflow
 
 
@@ -25,7 +24,7 @@ def _workflow(row: Any, versions: tuple[int, ...] = ()) -> Workflow:
 
 
 async def register(
-    conn: AsyncConnection, tenant: str, name: str, raw: Any, *, max_steps: int
+    conn: Conn, tenant: str, name: str, raw: Any, *, max_steps: int
 ) -> tuple[Workflow, bool]:
     """Register a definition. Returns (workflow, created); identical to the latest → not created."""
     definition = normalize(name, raw, max_steps=max_steps)
@@ -52,7 +51,7 @@ async def register(
 
 
 async def get(
-    conn: AsyncConnection,
+    conn: Conn,
     tenant: str,
     name: str,
     version: int | None = None,
@@ -78,6 +77,6 @@ async def get(
     return _workflow(row, versions), int(row.id)
 
 
-async def list_latest(conn: AsyncConnection, tenant: str) -> list[Workflow]:
+async def list_latest(conn: Conn, tenant: str) -> list[Workflow]:
     rows = await conn.execute(Q.LIST_WORKFLOWS, {"tenant": tenant})
     return [_workflow(r) for r in rows]

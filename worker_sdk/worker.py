@@ -288,6 +288,9 @@ class Worker:
                 log.warning("server sent %d tasks for %d free slot(s)", len(tasks), free)
             for raw in tasks:
                 self._start(raw)
+            if tasks:
+                # Let the new steps reach their threads before the next poll is built.
+                await asyncio.sleep(0)
             if not tasks and not body.get("cancelled"):
                 await asyncio.sleep(max(MIN_EMPTY_POLL_S - (time.monotonic() - started), 0))
 

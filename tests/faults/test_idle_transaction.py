@@ -2,6 +2,11 @@
 
 Throughput must stay at least 70 % of the clean baseline while it lasts, and recover fully
 after it ends. ``CAIRN_FAULT_IDLE_S`` sets its length (default 180 s: "several minutes").
+
+The steady load is 20 runs/s (60 step runs/s), about half of what the two 8-slot test workers
+sustain on the 2-core CI machine: at 40 runs/s that machine is near saturation even when clean,
+and with vacuum held back a saturated system measures the bloated capacity (about 25 runs/s
+there), not whether the engine keeps serving a load it can carry.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from tests.faults.conftest import Starter
 from tests.faults.load import Meter, SteadyLoad, audit
 from worker_sdk import AsyncClient
 
-RATE = 40.0
+RATE = 20.0
 BASELINE_S = 10.0
 IDLE_S = float(os.environ.get("CAIRN_FAULT_IDLE_S", "180"))
 RECOVERY_S = 10.0

@@ -171,6 +171,14 @@ async def test_fuzz_findings_stay_fixed(api: Api) -> None:
     )
     r = await api.call("POST", "/workflows/bo/runs", json={"input": "\\u0000"})
     assert r.status_code == 201 and r.json()["input"] == "\\u0000"
+    # A NUL in an idempotency key (text the database cannot store): 422, nothing created.
+    before = len((await api.json("GET", "/runs?workflow=bo&limit=100"))["runs"])
+    for path, body in (
+        ("/workflows/bo/runs", {"idempotency_key": "a\x00b"}),
+        ("/workflows/bo/runs/bulk", {"runs": [{"idempotency_key": "\x00"}]}),
+    ):
+        _problem(await api.call("POST", path, json=body), 422)
+    assert len((await api.json("GET", "/runs?workflow=bo&limit=100"))["runs"]) == before
 
 
 async def test_sql_metacharacters_in_every_string_field(api: Api) -> None:

@@ -7,8 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import event
-
 from tests.integration.conftest import Api
 
 
@@ -86,16 +84,12 @@ async def test_batched_results_are_fenced_per_item(api: Api) -> None:
 @contextmanager
 def count_statements(api: Api) -> Iterator[list[str]]:
     seen: list[str] = []
-    engine = api.svc.db.engine.sync_engine
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
+    listeners = api.svc.db.listeners
+    listeners.append(seen.append)
     try:
         yield seen
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        listeners.remove(seen.append)
 
 
 async def lifecycle(api: Api, n: int) -> list[str]:
