@@ -31,7 +31,9 @@ T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # SQLSTATEs worth retrying the whole transaction for: deadlock, serialization failure.
 RETRYABLE_SQLSTATES = {"40P01", "40001"}
-CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "53")
+# Connection exceptions, operator intervention (shutdown, restart), insufficient resources, and
+# what refuses a connection outright (bad credentials, no such database): all "unavailable".
+CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "53", "28", "3D")
 
 
 def async_url(url: str) -> str:
