@@ -106,6 +106,24 @@ class Meter:
         return float("inf")
 
 
+async def finish(
+    load: SteadyLoad,
+    meter: Meter,
+    client: AsyncClient,
+    loading: asyncio.Future[None],
+    metering: asyncio.Future[None],
+) -> None:
+    """End a scenario's load: stop triggering, wait until every acknowledged run has succeeded
+    (a lost one fails here), then stop the meter."""
+    load.stop()
+    await loading
+    for run_id in load.acknowledged.values():
+        final = await client.wait(run_id, timeout=120)
+        assert final["status"] == "succeeded", final
+    meter.stop()
+    await metering
+
+
 async def audit(db_url: str) -> tuple[int, list[Violation]]:
     """How many runs exist, and what `cairn check` finds: the end of every scenario."""
     engine = create_async_engine(db_url)

@@ -24,7 +24,7 @@ from api.notifier import asyncpg_dsn
 from tests.e2e.conftest import Proc
 from tests.faults import flows
 from tests.faults.conftest import Starter
-from tests.faults.load import Meter, SteadyLoad, audit
+from tests.faults.load import Meter, SteadyLoad, audit, finish
 from worker_sdk import AsyncClient
 
 RATE = 40.0
@@ -122,12 +122,7 @@ async def test_connection_carnage(
             ),
             "seconds_to_90pct": meter.seconds_to(0.9, baseline, b_end),
         }
-        load.stop()
-        await tasks[0]
-        for run_id in load.acknowledged.values():
-            assert (await client.wait(run_id, timeout=120))["status"] == "succeeded"
-        meter.stop()
-        await tasks[1]
+        await finish(load, meter, client, tasks[0], tasks[1])
     await admin.close()
 
     assert killed > 0 and len(hogs) > 0

@@ -25,7 +25,7 @@ from db.embedded import EmbeddedPostgres
 from tests.e2e.conftest import Proc, free_port, wait_until
 from tests.faults import flows
 from tests.faults.conftest import Starter
-from tests.faults.load import Meter, SteadyLoad, audit
+from tests.faults.load import Meter, SteadyLoad, audit, finish
 from worker_sdk import AsyncClient
 
 RATE = 40.0
@@ -120,13 +120,7 @@ async def test_database_restart_mid_load(
         await asyncio.to_thread(wait_until, lambda: _ready(url) == 200, 30, "ready again")
         ready_after = time.monotonic() - back_at
         await asyncio.sleep(RECOVERY_S)
-        load.stop()
-        await loading
-        for run_id in load.acknowledged.values():
-            final = await client.wait(run_id, timeout=120)
-            assert final["status"] == "succeeded", final
-        meter.stop()
-        await metering
+        await finish(load, meter, client, loading, metering)
     acknowledged = load.acknowledged
     figures = {
         "baseline_runs_per_s": round(baseline, 1),

@@ -25,7 +25,7 @@ from api.notifier import asyncpg_dsn
 from tests.e2e.conftest import Proc
 from tests.faults import flows
 from tests.faults.conftest import Starter
-from tests.faults.load import Meter, SteadyLoad, audit
+from tests.faults.load import Meter, SteadyLoad, audit, finish
 from worker_sdk import AsyncClient
 
 RATE = 20.0
@@ -69,12 +69,7 @@ async def test_idle_in_transaction_session(
         await blocker.close()
         await asyncio.sleep(RECOVERY_S)
         t2 = time.monotonic()
-        load.stop()
-        await tasks[0]
-        for run_id in load.acknowledged.values():
-            assert (await client.wait(run_id, timeout=120))["status"] == "succeeded"
-        meter.stop()
-        await tasks[1]
+        await finish(load, meter, client, tasks[0], tasks[1])
 
     during = meter.rate(t0, t1) / baseline
     last_minute = meter.rate(max(t0, t1 - 60), t1) / baseline

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from db import queries as Q
 from db.pg import Result, compile_sql
 
@@ -32,9 +34,5 @@ def test_result_accessors() -> None:
     assert rows.first() == (1, "x") and rows.scalar() == 1 and len(rows.all()) == 2
     assert Result([(7,)]).scalar_one() == 7
     assert Result([]).first() is None and Result([]).scalar() is None
-    try:
+    with pytest.raises(LookupError):
         rows.one()
-    except LookupError:
-        pass
-    else:
-        raise AssertionError("one() accepted two rows")
