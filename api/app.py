@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if url is None:
             embedded = EmbeddedPostgres(settings.data_dir)
             url = await asyncio.to_thread(embedded.start)
-        # The engine runs migrations (and readiness); requests use the asyncpg pool.
+        # The SQLAlchemy engine only runs migrations; requests and readiness use the asyncpg pool.
         db = Database(
             create_engine(url, pool_size=1, max_overflow=2),
             pool_size=settings.db_pool_size + settings.db_max_overflow,

@@ -10,14 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import make_url
+
+from db.engine import asyncpg_dsn
 
 log = logging.getLogger("cairn.notifier")
 CHANNEL = "cairn_queue"
-
-
-def asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class Notifier:

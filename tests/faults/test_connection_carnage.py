@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 import pytest
 
-from api.notifier import asyncpg_dsn
+from db.engine import asyncpg_dsn
 from tests.e2e.conftest import Proc
 from tests.faults import flows
 from tests.faults.conftest import Starter

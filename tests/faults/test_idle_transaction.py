@@ -21,7 +21,7 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 
-from api.notifier import asyncpg_dsn
+from db.engine import asyncpg_dsn
 from tests.e2e.conftest import Proc
 from tests.faults import flows
 from tests.faults.conftest import Starter
