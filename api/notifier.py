@@ -1,4 +1,11 @@
-"""LISTEN/NOTIFY fan-out inside one replica: long-polls wake at once when work is queued."""
+"""LISTEN/NOTIFY inside one replica: a long-poll wakes at once when work is queued.
+
+One notification wakes one waiting long-poll of that (tenant, action), not all of them: a
+trigger at light load then costs one claim, not one per idle worker. Nothing is lost by it:
+a woken poll whose claim filled its cap (there may be more), or that leaves without claiming
+(disconnect, deadline), passes the wake on to another waiter, and every poll re-checks on its
+own every ``poll_recheck_s`` anyway.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ class Notifier:
     def __init__(self, url: str, *, reconnect_s: float = 1.0) -> None:
         self._dsn = asyncpg_dsn(url)
         self._reconnect_s = reconnect_s
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        # Insertion-ordered: the poll woken least recently comes first.
+        self._waiters: dict[str, dict[Subscription, None]] = defaultdict(dict)
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
@@ -37,13 +45,31 @@ class Notifier:
                 await self._task
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        for event in self._waiters.get(payload, ()):
-            event.set()
+        self.wake_one(payload)
+
+    def wake_one(self, key: str, *, besides: Subscription | None = None) -> None:
+        """Wake one waiter of ``key``, longest-idle first: an idle one if any, else one busy
+        claiming (it claims again); none when every waiter is already woken."""
+        subs = self._waiters.get(key)
+        if not subs:
+            return
+        chosen: Subscription | None = None
+        for sub in subs:
+            if sub is besides or sub.event.is_set():
+                continue
+            if not sub.claiming:
+                chosen = sub
+                break
+            chosen = chosen or sub
+        if chosen is not None:
+            chosen.event.set()
+            del subs[chosen]  # to the back of the line: the next wake goes to another poll
+            subs[chosen] = None
 
     def wake_all(self) -> None:
-        for events in self._waiters.values():
-            for event in events:
-                event.set()
+        for subs in self._waiters.values():
+            for sub in subs:
+                sub.event.set()
 
     async def _run(self) -> None:
         while True:
@@ -70,17 +96,63 @@ class Notifier:
             await asyncio.sleep(self._reconnect_s)
 
     @contextlib.contextmanager
-    def subscribe(self, tenant: str, actions: tuple[str, ...]) -> Iterator[asyncio.Event]:
-        event = asyncio.Event()
-        keys = [f"{tenant}:{a}" for a in actions]
-        for key in keys:
-            self._waiters[key].add(event)
+    def subscribe(self, tenant: str, actions: tuple[str, ...]) -> Iterator[Subscription]:
+        sub = Subscription(self, tenant)
+        sub.set_actions(actions)
         try:
-            yield event
+            yield sub
         finally:
-            for key in keys:
-                waiters = self._waiters.get(key)
-                if waiters is not None:
-                    waiters.discard(event)
-                    if not waiters:
-                        del self._waiters[key]
+            sub.close()
+
+    def _add(self, key: str, sub: Subscription) -> None:
+        self._waiters[key][sub] = None
+
+    def _remove(self, key: str, sub: Subscription) -> None:
+        subs = self._waiters.get(key)
+        if subs is not None:
+            subs.pop(sub, None)
+            if not subs:
+                del self._waiters[key]
+
+
+class Subscription:
+    """One long-poll's interest in its actions; ``event`` is set when it should claim."""
+
+    def __init__(self, notifier: Notifier, tenant: str) -> None:
+        self._notifier = notifier
+        self._tenant = tenant
+        self._keys: list[str] = []
+        self.event = asyncio.Event()
+        self.claiming = False
+        self._woken = False
+
+    def set_actions(self, actions: tuple[str, ...]) -> None:
+        for key in self._keys:
+            self._notifier._remove(key, self)
+        self._keys = [f"{self._tenant}:{a}" for a in actions]
+        for key in self._keys:
+            self._notifier._add(key, self)
+
+    def close(self) -> None:
+        for key in self._keys:
+            self._notifier._remove(key, self)
+        if self.event.is_set():  # woken but leaving without claiming: someone else should
+            self.pass_on()
+        self._keys = []
+
+    def begin_claim(self) -> None:
+        """About to claim: a wake that arrives from now on needs another claim."""
+        self._woken = self.event.is_set()
+        self.event.clear()
+        self.claiming = True
+
+    def end_claim(self, *, more: bool) -> None:
+        """Claim done. ``more``: it filled its cap or had no room, so work may remain; if a
+        wake brought this claim, hand that wake on."""
+        self.claiming = False
+        if more and self._woken:
+            self.pass_on()
+
+    def pass_on(self) -> None:
+        for key in self._keys:
+            self._notifier.wake_one(key, besides=self)

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from api import results
 from api.fastjson import json_response
 from api.routes import ERRORS
 from api.schemas import (
@@ -19,7 +20,6 @@ from api.schemas import (
     OutcomeOut,
     PollIn,
     PollOut,
-    ResultIn,
     ResultsIn,
     ResultsOut,
     WorkerIn,
@@ -28,7 +28,7 @@ from api.schemas import (
 from api.service import Service, service
 from api.tenancy import tenant_id
 from db import leases, payloads, reaper
-from db.errors import CairnDBError, InvalidPayload, LeaseConflict, NotFound
+from db.errors import CairnDBError, InvalidPayload, LeaseConflict
 from db.pg import Conn
 from db.types import Effects, PollResult
 
@@ -95,36 +95,64 @@ async def poll(
 ) -> Response:
     """Long-poll for up to ``max_tasks`` step runs (never beyond free slots), up to ``wait_s``.
 
-    Returns at once when work is claimed or a held step run was cancelled; otherwise wakes on
-    NOTIFY for the worker's actions, re-checking every ``poll_recheck_s`` as a fallback.
+    Returns at once when work is claimed or a held step run was cancelled; otherwise waits to
+    be woken by a NOTIFY for the worker's actions (one waiting poll per notification), and
+    re-checks every ``poll_recheck_s`` as a fallback.
+
+    ``results`` (optional) carries finished step runs, exactly as ``/step-runs/results`` takes
+    them: they are applied first, in the same transaction as the claim (so their slots are free
+    for it), and answered in ``results``. A poll that carries results does not wait: it answers
+    after its first claim, whatever it got. The request is atomic: an error answer applied none
+    of the results.
     """
     s = svc.settings
     wid = str(worker_id)
     max_tasks = min(body.max_tasks, s.poll_max_tasks)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(body.wait_s, s.poll_max_wait_s)
+    batch = (
+        results.prepare(body.results, max_batch=s.max_batch, max_payload_bytes=s.max_payload_bytes)
+        if body.results
+        else None
+    )
+    answers: list[dict[str, Any]] = []
 
     async def claim(conn: Conn, effects: Effects) -> PollResult:
+        nonlocal answers
+        if batch is not None:  # only one claim when results are carried (see the loop)
+            answers = await results.apply(conn, tenant, batch, effects)
         return await leases.poll(conn, tenant, wid, max_tasks=max_tasks, effects=effects)
 
     actions = svc.worker_actions(wid)
-    while True:
-        with svc.notifier.subscribe(tenant, actions or ()) as wake:
-            result = await svc.tx(claim)
-            if result.tasks or result.cancelled:
+    with svc.notifier.subscribe(tenant, actions or ()) as wake:
+        while True:
+            wake.begin_claim()
+            full = True  # a claim that failed hands its wake on as well
+            try:
+                result = await svc.tx(claim)
+                full = result.full
+            finally:
+                wake.end_claim(more=full)
+            if result.tasks or result.cancelled or batch is not None:
                 break
             if actions is None:  # first poll seen by this replica: subscribe, then re-check
                 actions = result.actions
                 svc.remember_worker(wid, actions)
+                wake.set_actions(actions)
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), min(remaining, s.poll_recheck_s))
-        if await request.is_disconnected():
-            break
-    return json_response({"tasks": result.tasks, "cancelled": result.cancelled})
+                await asyncio.wait_for(wake.event.wait(), min(remaining, s.poll_recheck_s))
+            if await request.is_disconnected():
+                break
+    if actions is None:
+        svc.remember_worker(wid, result.actions)
+    if batch is not None:
+        for why in batch.conflicts:
+            svc.metrics.conflict(why)
+    return json_response({"tasks": result.tasks, "cancelled": result.cancelled, "results": answers})
 
 
 @router.post("/workers/{worker_id}/heartbeat", response_model=HeartbeatOut, responses=ERRORS)
@@ -203,77 +231,14 @@ async def report_results(body: ResultsIn, svc: Svc, tenant: Tenant) -> Response:
     endpoints would answer with 409 (and are counted the same way).
     """
     s = svc.settings
-    if len(body.results) > s.max_batch:
-        raise InvalidPayload(f"{len(body.results)} results is over the batch limit {s.max_batch}")
-    completions: list[tuple[int, tuple[str, str, str]]] = []
-    failures: list[tuple[int, ResultIn, dict[str, Any]]] = []
-    for i, item in enumerate(body.results):
-        sid, token = str(item.step_run_id), str(item.lease_token)
-        if item.error is None:
-            output = payloads.dump(
-                item.output, field=f"results[{i}].output", limit=s.max_payload_bytes
-            )
-            completions.append((i, (sid, token, output)))
-        else:
-            error = item.error.model_dump()
-            payloads.dump(error, field=f"results[{i}].error", limit=s.max_payload_bytes)
-            failures.append((i, item, error))
-
-    refusals: list[CairnDBError] = []
+    batch = results.prepare(
+        body.results, max_batch=s.max_batch, max_payload_bytes=s.max_payload_bytes
+    )
 
     async def work(conn: Conn, effects: Effects) -> list[dict[str, Any]]:
-        refusals.clear()
-        out: list[dict[str, Any] | None] = [None] * len(body.results)
-        if completions:
-            refused = await leases.complete_many(
-                conn, tenant, [c for _, c in completions], effects=effects
-            )
-            for (i, (sid, _, _)), why in zip(completions, refused, strict=True):
-                out[i] = _result(sid, "succeeded", why)
-                refusals.extend([why] if why is not None else [])
-        for i, item, error in failures:
-            try:
-                outcome: str | CairnDBError = await leases.fail(
-                    conn,
-                    tenant,
-                    str(item.step_run_id),
-                    str(item.lease_token),
-                    error,
-                    retryable=item.retryable,
-                    retry_after_s=item.retry_after_s,
-                    effects=effects,
-                )
-            except NotFound as err:
-                outcome = err
-            if isinstance(outcome, CairnDBError):
-                out[i] = _result(str(item.step_run_id), "", outcome)
-                refusals.append(outcome)
-            else:
-                out[i] = _result(str(item.step_run_id), outcome, None)
-        return [o for o in out if o is not None]
+        return await results.apply(conn, tenant, batch, effects)
 
-    results = await svc.tx(work)
-    for why in refusals:
-        if isinstance(why, LeaseConflict):
-            svc.metrics.conflict(why)
-    return json_response({"results": results})
-
-
-def _result(step_run_id: str, status: str, why: CairnDBError | None) -> dict[str, Any]:
-    """One item of a ResultsOut."""
-    if why is None:
-        return {
-            "step_run_id": step_run_id,
-            "status": status,
-            "code": None,
-            "detail": None,
-            "conflicting": None,
-        }
-    conflicting = why.conflicting if isinstance(why, LeaseConflict) else None
-    return {
-        "step_run_id": step_run_id,
-        "status": "rejected",
-        "code": why.code,
-        "detail": why.detail,
-        "conflicting": conflicting,
-    }
+    answers = await svc.tx(work)
+    for why in batch.conflicts:
+        svc.metrics.conflict(why)
+    return json_response({"results": answers})

@@ -161,11 +161,9 @@ class WorkerOut(BaseModel):
     slots: int
     heartbeat_interval_s: float
     lease_timeout_s: float
-
-
-class PollIn(Strict):
-    max_tasks: SInt = Field(default=1, ge=1, le=100_000)
-    wait_s: SFloat = Field(default=30.0, ge=0, le=86400)
+    poll_accepts_results: bool = Field(
+        default=True, description="Polls may carry results (``PollIn.results``)."
+    )
 
 
 class TaskOut(BaseModel):
@@ -182,11 +180,6 @@ class TaskOut(BaseModel):
     timeout_at: datetime
     lease_expires_at: datetime
     delivery: str
-
-
-class PollOut(BaseModel):
-    tasks: list[TaskOut]
-    cancelled: list[str]
 
 
 class HeartbeatIn(Strict):
@@ -246,6 +239,25 @@ class ResultOut(BaseModel):
     code: str | None = None
     detail: str | None = None
     conflicting: bool | None = None
+
+
+class PollIn(Strict):
+    max_tasks: SInt = Field(default=1, ge=1, le=100_000)
+    wait_s: SFloat = Field(default=30.0, ge=0, le=86400)
+    results: list[ResultIn] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="Finished step runs, applied before the claim; a poll carrying any does "
+        "not wait.",
+    )
+
+
+class PollOut(BaseModel):
+    tasks: list[TaskOut]
+    cancelled: list[str]
+    results: list[ResultOut] = Field(
+        default_factory=list, description="One answer per carried result, in order."
+    )
 
 
 class ResultsOut(BaseModel):

@@ -125,7 +125,12 @@ async def poll(
             )
             effects.queue_latencies.append(max(float(r.queue_latency or 0.0), 0.0))
         effects.step_statuses["running"] += len(tasks)
-    return PollResult(tasks=tuple(tasks), cancelled=tuple(cancelled), actions=tuple(worker.actions))
+    return PollResult(
+        tasks=tuple(tasks),
+        cancelled=tuple(cancelled),
+        actions=tuple(worker.actions),
+        full=len(tasks) >= n,
+    )
 
 
 async def heartbeat(

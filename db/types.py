@@ -101,6 +101,7 @@ class PollResult:
     tasks: tuple[Task, ...]
     cancelled: tuple[str, ...]
     actions: tuple[str, ...]
+    full: bool = False  # the claim took all it could (or had no room): work may remain
 
 
 @dataclass

@@ -132,10 +132,13 @@ def register_worker(
     return Call("POST", f"{PREFIX}/workers", _json(body))
 
 
-def poll(worker_id: str, max_tasks: int, wait_s: float) -> Call:
-    body = {"max_tasks": max_tasks, "wait_s": wait_s}
+def poll(worker_id: str, max_tasks: int, wait_s: float, results: Sequence[bytes] = ()) -> Call:
+    """``results``: finished step runs the poll carries, each a JSON object already encoded."""
+    body = _json({"max_tasks": max_tasks, "wait_s": wait_s})
+    if results:
+        body = body[:-1] + b',"results":[' + b",".join(results) + b"]}"
     # A lost poll answer strands its leases until they expire: only resend if never processed.
-    return Call("POST", f"{PREFIX}/workers/{_seg(worker_id)}/poll", _json(body), idempotent=False)
+    return Call("POST", f"{PREFIX}/workers/{_seg(worker_id)}/poll", body, idempotent=False)
 
 
 def heartbeat(worker_id: str, step_run_ids: Iterable[str]) -> Call:

@@ -47,6 +47,7 @@ class Registration:
         self.worker_id: str | None = None
         self.heartbeat_interval_s = heartbeat_interval_s or 10.0
         self.lease_timeout_s = lease_timeout_s or 30.0
+        self.poll_accepts_results = False  # the server says so when it registers us
 
     def register(self, give_up: Callable[[], bool] | None = None) -> str:
         with self._lock:
@@ -82,11 +83,13 @@ class Registration:
         return self.worker_id
 
     def apply(self, body: Mapping[str, Any]) -> None:
-        """Adopt the registration answer ``{"id","heartbeat_interval_s","lease_timeout_s"}``."""
+        """Adopt the registration answer (``id``, ``heartbeat_interval_s``, ``lease_timeout_s``,
+        ``poll_accepts_results``)."""
         worker_id = body.get("id")
         if not isinstance(worker_id, str | int) or isinstance(worker_id, bool):
             raise CairnError(f"worker registration answer has no id: {dict(body)!r}")
         self.worker_id = str(worker_id)
+        self.poll_accepts_results = body.get("poll_accepts_results") is True
         hb = body.get("heartbeat_interval_s")
         lease = body.get("lease_timeout_s")
         if isinstance(hb, int | float) and hb > 0:

@@ -1,7 +1,10 @@
-"""Results travel in batches: one ``POST /step-runs/results`` carries every result that is ready.
+"""Results travel in batches, on the next poll or on ``POST /step-runs/results``.
 
-Natural batching: with no request in flight a result is sent at once (no added latency at light
-load); while one is in flight, results queue up and the next request carries them all.
+While the worker is busy its poll loop is about to poll anyway: it ``hold()``s the reporter and
+its next poll carries every result that is ready (one request per batch: results in, new tasks
+out). While the poll loop waits on a long poll, the reporter sends on its own, with natural
+batching: with no request in flight a result is sent at once (no added latency at light load);
+while one is in flight, results queue up and the next request carries them all.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class _Item:
     outcome: Outcome
     give_up: Callable[[], bool]
     done: asyncio.Future[dict[str, Any]] = field(repr=False)
+    carry: bool = True  # may ride on a poll (cleared after a poll carrying it failed)
 
     def encode(self) -> bytes:
         head = b'{"step_run_id":' + json.dumps(self.step_run_id).encode() + b","
@@ -54,6 +58,7 @@ class Reporter:
         self._max_batch = max_batch
         self._queue: list[_Item] = []
         self._wake = asyncio.Event()
+        self._held = False  # the poll loop will carry what is queued
 
     async def report(
         self, step_run_id: str, lease_token: str, outcome: Outcome, give_up: Callable[[], bool]
@@ -69,14 +74,65 @@ class Reporter:
         self._wake.set()
         return await done
 
+    def hold(self) -> None:
+        """The poll loop is about to poll: leave queued results for it to carry."""
+        self._held = True
+
+    def release(self) -> None:
+        """The poll loop is waiting (long poll, back-off, shutdown): send results directly."""
+        self._held = False
+        if self._queue:
+            self._wake.set()
+
+    def take(self, limit: int) -> list[_Item]:
+        """Up to ``limit`` queued results for a poll to carry (dropped ones are settled)."""
+        taken: list[_Item] = []
+        rest: list[_Item] = []
+        for item in self._queue:
+            if not item.carry or len(taken) >= limit:
+                rest.append(item)
+            elif item.give_up():
+                _resolve(item, {"status": "dropped"})
+            else:
+                taken.append(item)
+        self._queue = rest
+        return taken
+
+    def settle(self, items: list[_Item], results: Any) -> None:
+        """The poll answered: hand each carried item its verdict."""
+        if not isinstance(results, list) or len(results) != len(items):
+            log.error("poll answered %r results for %d carried", results, len(items))
+            results = results if isinstance(results, list) else []
+        for item, result in zip(items, results, strict=False):
+            _resolve(item, result if isinstance(result, dict) else {"status": "malformed"})
+        for item in items[len(results) :]:
+            _fail(item, HTTPError("no result for this item"))
+
+    def give_back(self, items: list[_Item]) -> None:
+        """The poll carrying ``items`` failed: send them on their own (never on a poll again)."""
+        for item in items:
+            item.carry = False
+        self._queue[:0] = items
+        if items:
+            self._wake.set()
+
     async def run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
+            while batch := self._next_batch():
                 await self._send(batch)
+
+    def _next_batch(self) -> list[_Item]:
+        if not self._held:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            return batch
+        batch = [i for i in self._queue if not i.carry][: self._max_batch]
+        if batch:
+            chosen = {id(i) for i in batch}
+            self._queue = [i for i in self._queue if id(i) not in chosen]
+        return batch
 
     async def close(self, task: asyncio.Task[None]) -> None:
         task.cancel()

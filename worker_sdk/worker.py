@@ -35,6 +35,7 @@ log = logging.getLogger("cairn.worker")
 POLL_HTTP_MARGIN_S = 10.0
 MIN_EMPTY_POLL_S = 0.1  # never re-poll faster than this after an empty answer
 POLL_LINGER_S = 0.005  # when busy, wait this long for more slots to free before polling
+MAX_CARRIED = 500  # results one poll carries at most (the server's default limit is 1,000)
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Worker:
         self._async_transport = async_transport
         self._lock = threading.Lock()  # guards _held and the stop flags
         self._held: dict[str, _Held] = {}
-        self._busy = 0  # steps running or reporting (loop thread only)
+        self._running = 0  # steps claimed and not finished yet (loop thread only)
         self._stop_requested = False
         self._force = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -217,6 +218,8 @@ class Worker:
             poller.cancel()
             stopper.cancel()
             await asyncio.gather(poller, stopper, return_exceptions=True)
+            assert self._reporter is not None
+            self._reporter.release()  # no more polls: results go on their own
             await self._drain()
         failure = poller.exception() if poller.done() and not poller.cancelled() else None
         if failure is not None:
@@ -252,10 +255,12 @@ class Worker:
     # ----------------------------------------------------------------- polling
     async def _poll_loop(self) -> None:
         assert self._ahttp is not None and self._slot_freed is not None
-        assert self.registration is not None
+        assert self.registration is not None and self._reporter is not None
+        reporter = self._reporter
         failures = 0
         while not self._stopping():
-            free = self.slots - self._busy
+            reporter.hold()  # a result finished from here on rides on the next poll
+            free = self.slots - self._running
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -263,24 +268,37 @@ class Worker:
             if free < self.slots // 2:
                 # Busy: let a few more slots free up so one poll claims a batch, not one task.
                 await self._linger_for_slots(POLL_LINGER_S)
-                free = self.slots - self._busy
+                free = self.slots - self._running
             worker_id = self.registration.worker_id
             assert worker_id is not None
+            carried = reporter.take(MAX_CARRIED) if self.registration.poll_accepts_results else []
+            if not carried:
+                reporter.release()  # this poll may wait long: results go on their own meanwhile
             started = time.monotonic()
             try:
                 response = await asend(
                     self._ahttp,
-                    calls.poll(worker_id, free, self.poll_wait_s),
+                    calls.poll(worker_id, free, self.poll_wait_s, [i.encode() for i in carried]),
                     timeout=self.poll_wait_s + POLL_HTTP_MARGIN_S,
                     policy=RetryPolicy(deadline_s=30.0, max_delay_s=5.0),
                     give_up=self._stopping,
                 )
                 body = response.json()
             except (APIError, HTTPError, ValueError) as exc:
+                reporter.give_back(carried)
+                if carried and isinstance(exc, APIError) and exc.status in (413, 422):
+                    log.warning("a poll carrying %d result(s) was refused: %s", len(carried), exc)
+                    continue  # they go on their own now; poll again at once
+                reporter.release()
                 failures += 1
                 await self._poll_failed(worker_id, exc, failures)
                 continue
+            except BaseException:
+                reporter.give_back(carried)  # cancelled (shutdown): report them on their own
+                raise
             failures = 0
+            if carried:
+                reporter.settle(carried, body.get("results"))
             for step_run_id in body.get("cancelled") or []:
                 self._revoke(str(step_run_id), "cancelled")
             tasks = body.get("tasks") or []
@@ -291,13 +309,13 @@ class Worker:
             if tasks:
                 # Let the new steps reach their threads before the next poll is built.
                 await asyncio.sleep(0)
-            if not tasks and not body.get("cancelled"):
+            elif not carried and not body.get("cancelled"):
                 await asyncio.sleep(max(MIN_EMPTY_POLL_S - (time.monotonic() - started), 0))
 
     async def _linger_for_slots(self, seconds: float) -> None:
         assert self._slot_freed is not None
         deadline = time.monotonic() + seconds
-        while self.slots - self._busy < self.slots // 2 and not self._stopping():
+        while self.slots - self._running < self.slots // 2 and not self._stopping():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -335,22 +353,31 @@ class Worker:
         held = _Held(task, Context(task, resolve_step=resolve), wf_spec[1] if wf_spec else None)
         with self._lock:
             self._held[task.step_run_id] = held
-        self._busy += 1
+        self._running += 1
         held.future = asyncio.create_task(self._execute(held), name=f"cairn-{task.step_run_id}")
 
     async def _execute(self, held: _Held) -> None:
+        finished = False
+
+        def free_slot() -> None:  # the slot is free once the step has finished, reported or not
+            nonlocal finished
+            if not finished:
+                finished = True
+                self._running -= 1
+                if self._slot_freed is not None:
+                    self._slot_freed.set()
+
         try:
             result = await self._run_step(held)
+            free_slot()
             if held.dropped:
                 held.ctx.log.info("result dropped (%s)", held.ctx.cancel_reason)
                 return
-            await self._report(held, result)
+            await self._report(held, result)  # heartbeats keep the lease until it is answered
         finally:
             with self._lock:
                 self._held.pop(held.task.step_run_id, None)
-            self._busy -= 1
-            if self._slot_freed is not None:
-                self._slot_freed.set()
+            free_slot()
 
     async def _run_step(self, held: _Held) -> Outcome:
         assert self._executor is not None
@@ -372,6 +399,12 @@ class Worker:
         status = verdict.get("status")
         if status == SEND_ONE_BY_ONE:
             await self._report_single(held, result)
+        elif (
+            status == "rejected"
+            and verdict.get("code") == "already_finished"
+            and (verdict.get("conflicting") is False)
+        ):
+            held.ctx.log.info("%s was already reported", result.kind)  # a resend after a cut
         elif status == "rejected":
             held.ctx.log.warning(
                 "%s not accepted, dropped: %s (%s)",

@@ -7,7 +7,9 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 
+from worker_sdk.errors import HTTPError
 from worker_sdk.outcome import Outcome
 from worker_sdk.reporter import SEND_ONE_BY_ONE, Reporter
 
@@ -61,3 +63,50 @@ async def test_a_batch_refused_as_a_whole_is_sent_one_by_one() -> None:
         verdict = await reporter.report("s", "t", complete("x" * 10), lambda: False)
         await reporter.close(task)
     assert verdict == {"status": SEND_ONE_BY_ONE}
+
+
+async def test_held_results_wait_for_a_poll_and_come_back_when_it_fails() -> None:
+    sent: list[list[str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        items = json.loads(request.content)["results"]
+        sent.append([i["step_run_id"] for i in items])
+        out = [{"step_run_id": i["step_run_id"], "status": "succeeded"} for i in items]
+        return httpx.Response(200, json={"results": out})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://c") as h:
+        reporter = Reporter(h, deadline_s=lambda: 5.0)
+        task = asyncio.create_task(reporter.run())
+        reporter.hold()
+        a = asyncio.create_task(reporter.report("a", "ta", complete(1), lambda: False))
+        b = asyncio.create_task(reporter.report("b", "tb", complete(2), lambda: False))
+        gone = asyncio.create_task(reporter.report("c", "tc", complete(3), lambda: True))
+        await asyncio.sleep(0.02)
+        assert sent == []  # held: left for the poll
+        carried = reporter.take(10)
+        assert [i.step_run_id for i in carried] == ["a", "b"]
+        assert await gone == {"status": "dropped"}
+        reporter.settle(carried[:1], [{"step_run_id": "a", "status": "succeeded"}])
+        assert await a == {"step_run_id": "a", "status": "succeeded"}
+        reporter.give_back(carried[1:])  # that poll failed: sent on its own, even while held
+        assert (await b)["status"] == "succeeded" and sent == [["b"]]
+        late = asyncio.create_task(reporter.report("d", "td", complete(4), lambda: False))
+        await asyncio.sleep(0.02)
+        assert sent == [["b"]]
+        reporter.release()  # the poll loop waits now: send directly
+        assert (await late)["status"] == "succeeded" and sent == [["b"], ["d"]]
+        await reporter.close(task)
+
+
+async def test_a_poll_answer_short_of_results_fails_the_missing_items() -> None:
+    async with httpx.AsyncClient(base_url="http://c") as h:
+        reporter = Reporter(h, deadline_s=lambda: 5.0)
+        reporter.hold()
+        a = asyncio.create_task(reporter.report("a", "ta", complete(1), lambda: False))
+        b = asyncio.create_task(reporter.report("b", "tb", complete(2), lambda: False))
+        await asyncio.sleep(0)
+        carried = reporter.take(10)
+        reporter.settle(carried, [{"step_run_id": "a", "status": "succeeded"}])
+        assert (await a)["status"] == "succeeded"
+        with pytest.raises(HTTPError):
+            await b

@@ -32,6 +32,9 @@ class FakeServer:
         self.definitions: dict[str, Any] = {}
         self.deleted: list[str] = []
         self.forget_worker = False  # next poll answers 404
+        self.carry = False  # polls may carry results (announced at registration)
+        self.carried: list[str] = []  # step run ids that arrived on a poll
+        self.refuse_carrying = 0  # this many polls carrying results answer 422
         self.sync = httpx.MockTransport(self.handle)
         self.async_ = httpx.MockTransport(self.ahandle)
 
@@ -57,9 +60,8 @@ class FakeServer:
             if path == "/workers":
                 self.registrations.append(body)
                 wid = f"w{len(self.registrations)}"
-                return httpx.Response(
-                    201, json={"id": wid, "heartbeat_interval_s": 0.02, "lease_timeout_s": 2}
-                )
+                answer = {"id": wid, "heartbeat_interval_s": 0.02, "lease_timeout_s": 2}
+                return httpx.Response(201, json=answer | {"poll_accepts_results": self.carry})
             if path.endswith("/heartbeat"):
                 ids = body["step_run_ids"]
                 self.heartbeats.append(ids)
@@ -67,16 +69,7 @@ class FakeServer:
                     200, json={"step_runs": {i: self.verdicts.get(i, "held") for i in ids}}
                 )
             if path == "/step-runs/results":
-                out = []
-                for item in body["results"]:
-                    sr = item.pop("step_run_id")
-                    kind = "fail" if "error" in item else "complete"
-                    self.reports.append((sr, kind, item))
-                    if self.report_status == 200:
-                        out.append({"step_run_id": sr, "status": "succeeded"})
-                    else:
-                        out.append({"step_run_id": sr, "status": "rejected", "code": "lease_lost"})
-                return httpx.Response(200, json={"results": out})
+                return httpx.Response(200, json={"results": self.take_results(body["results"])})
             if path.startswith("/step-runs/"):
                 _, _, sr, kind = path.split("/")
                 self.reports.append((sr, kind, body))
@@ -88,6 +81,18 @@ class FakeServer:
                 return httpx.Response(204)
         return httpx.Response(404, json={"code": "not_found"})
 
+    def take_results(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for item in items:
+            sr = item.pop("step_run_id")
+            kind = "fail" if "error" in item else "complete"
+            self.reports.append((sr, kind, item))
+            if self.report_status == 200:
+                out.append({"step_run_id": sr, "status": "succeeded"})
+            else:
+                out.append({"step_run_id": sr, "status": "rejected", "code": "lease_lost"})
+        return out
+
     async def ahandle(self, request: httpx.Request) -> httpx.Response:
         if not request.url.path.endswith("/poll"):
             return self.handle(request)
@@ -96,12 +101,19 @@ class FakeServer:
             if self.forget_worker:
                 self.forget_worker = False
                 return httpx.Response(404, json={"code": "not_found", "status": 404})
+            carried = body.get("results", [])
+            if carried and self.refuse_carrying:
+                self.refuse_carrying -= 1
+                return httpx.Response(422, json={"code": "invalid_payload", "status": 422})
+            self.carried += [item["step_run_id"] for item in carried]
+            results = self.take_results(carried)
             self.polls.append(body["max_tasks"])
             tasks, self.queue = self.queue[: body["max_tasks"]], self.queue[body["max_tasks"] :]
             cancelled, self.poll_cancelled = self.poll_cancelled, []
-        if not tasks and not cancelled:
+        if not tasks and not cancelled and not carried:
             await asyncio.sleep(0.01)
-        return httpx.Response(200, json={"tasks": tasks, "cancelled": cancelled})
+        answer = {"tasks": tasks, "cancelled": cancelled}
+        return httpx.Response(200, json=answer | ({"results": results} if self.carry else {}))
 
 
 def make_worker(server: FakeServer, workflows: list[Workflow], **kw: Any) -> Worker:
@@ -337,3 +349,51 @@ async def test_stop_before_start_returns_without_registering() -> None:
     await asyncio.wait_for(worker.arun(), 5)
     assert server.registrations == []
     assert server.polls == []
+
+
+async def test_results_ride_on_the_next_poll_when_the_server_takes_them() -> None:
+    wf = Workflow("w")
+    gate = threading.Event()
+
+    @wf.step
+    def quick(ctx: Context) -> str:
+        gate.wait(5)
+        return ctx.step_run_id
+
+    server = FakeServer()
+    server.carry = True
+    for i in range(8):
+        server.add_task(str(i), "w.quick")
+    worker = make_worker(server, [wf], slots=4)
+    runner = asyncio.create_task(worker.arun())
+    await until(lambda: len(server.polls) >= 1)
+    gate.set()
+    await until(lambda: len(server.reports) == 8)
+    worker.stop()
+    await asyncio.wait_for(runner, 5)
+    assert sorted(sr for sr, _, _ in server.reports) == [str(i) for i in range(8)]  # each once
+    assert server.carried, "a busy worker's results should ride on its polls"
+    assert all(
+        body == {"lease_token": f"lease-{sr}", "output": sr} for sr, _, body in server.reports
+    )
+
+
+async def test_results_a_poll_could_not_carry_are_sent_on_their_own() -> None:
+    wf = Workflow("w")
+
+    @wf.step
+    def quick(ctx: Context) -> str:
+        return ctx.step_run_id
+
+    server = FakeServer()
+    server.carry = True
+    server.refuse_carrying = 100  # e.g. an output the poll's body limit refuses
+    for i in range(6):
+        server.add_task(str(i), "w.quick")
+    worker = make_worker(server, [wf], slots=2)
+    runner = asyncio.create_task(worker.arun())
+    await until(lambda: len(server.reports) == 6)
+    worker.stop()
+    await asyncio.wait_for(runner, 5)
+    assert server.carried == []
+    assert sorted(sr for sr, _, _ in server.reports) == [str(i) for i in range(6)]
