@@ -305,9 +305,10 @@ WITH cand AS (
                              outcome)
   SELECT tenant_id, id, attempt, worker_id, lease_token, started_at, 'running' FROM claimed
 ), started AS (
+  -- = ANY(ARRAY(...)): always the primary key, never a hash join over a scan of every run
   UPDATE runs SET status = 'running', started_at = {NOW}
-  WHERE id IN (SELECT id FROM runs WHERE id IN (SELECT run_id FROM claimed) AND status = 'queued'
-               FOR UPDATE SKIP LOCKED)
+  WHERE id = ANY(ARRAY(SELECT id FROM runs WHERE id IN (SELECT run_id FROM claimed)
+                       AND status = 'queued' FOR UPDATE SKIP LOCKED))
 )
 SELECT c.id, c.run_id, r.workflow_name, r.version, c.step_name, c.action, c.attempt,
   c.lease_token, r.input, c.parent_outputs, c.timeout_at, c.lease_expires_at, c.delivery,
@@ -357,7 +358,7 @@ WITH items AS (
   SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(id uuid, token uuid, output jsonb)
 ), locked AS (
   SELECT r.id FROM runs r
-  WHERE r.id IN (SELECT s.run_id FROM step_runs s JOIN items i ON i.id = s.id)
+  WHERE r.id = ANY(ARRAY(SELECT s.run_id FROM step_runs s JOIN items i ON i.id = s.id))
   ORDER BY r.id FOR UPDATE
 ), done AS (
   UPDATE step_runs s SET status = 'succeeded', output = i.output -> 'v', error = NULL,
@@ -369,7 +370,7 @@ WITH items AS (
   RETURNING s.id, s.run_id, i.token, EXTRACT(EPOCH FROM ({{NOW}} - s.started_at)) AS duration
 ), hist AS (
   UPDATE step_attempts a SET ended_at = {{NOW}}, outcome = 'succeeded'
-  FROM done WHERE a.lease_token = done.token AND a.outcome = 'running'
+  WHERE a.lease_token = ANY(ARRAY(SELECT token FROM done)) AND a.outcome = 'running'
 )
 SELECT id::text AS id, run_id::text AS run_id, duration FROM done
 """)

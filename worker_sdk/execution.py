@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
 
 from worker_sdk import outcome
 from worker_sdk.context import Context
 from worker_sdk.errors import DefinitionError
 from worker_sdk.outcome import Outcome
+from worker_sdk.threads import StepThreads
 from worker_sdk.workflow import StepSpec, Workflow
 
 
@@ -47,7 +47,7 @@ def action_table(workflows: Iterable[Workflow]) -> dict[str, tuple[Workflow, Ste
 async def run_step(
     spec: StepSpec | None,
     ctx: Context,
-    executor: Executor,
+    threads: StepThreads,
     *,
     dropped: Callable[[], bool] = lambda: False,
 ) -> Outcome:
@@ -57,8 +57,7 @@ async def run_step(
         return outcome.fail("ActionNotRegistered", msg, retryable=True)
     ctx.log.debug("starting")
     if not spec.is_async:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, call_sync, spec, ctx)
+        return await threads.call(call_sync, spec, ctx)
     try:
         value = await spec.fn(ctx)
     except asyncio.CancelledError as exc:

@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -27,6 +26,7 @@ from worker_sdk.execution import action_table, run_step
 from worker_sdk.heartbeat import Heartbeater, Registration
 from worker_sdk.outcome import Outcome
 from worker_sdk.reporter import SEND_ONE_BY_ONE, Reporter
+from worker_sdk.threads import StepThreads
 from worker_sdk.transport import RetryPolicy, asend, send
 from worker_sdk.workflow import StepSpec, Workflow
 
@@ -89,7 +89,7 @@ class Worker:
         self._stop_event: asyncio.Event | None = None
         self._force_event: asyncio.Event | None = None
         self._slot_freed: asyncio.Event | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: StepThreads | None = None
         self._ahttp: httpx.AsyncClient | None = None
         self._reporter: Reporter | None = None
         self.registration: Registration | None = None
@@ -161,7 +161,7 @@ class Worker:
             timeout=self.poll_wait_s + POLL_HTTP_MARGIN_S,
             transport=self._async_transport,
         )
-        self._executor = ThreadPoolExecutor(self.slots, thread_name_prefix="cairn-step")
+        self._threads = StepThreads(self.slots, name="cairn-step")
         self._reporter = Reporter(self._ahttp, deadline_s=self._report_deadline)
         reporting = asyncio.create_task(self._reporter.run(), name="cairn-report")
         self.registration = reg = Registration(
@@ -190,7 +190,7 @@ class Worker:
             await self._reporter.close(reporting)
             heart.stop()
             await asyncio.to_thread(reg.deregister)
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown()
             await self._ahttp.aclose()
             control.close()
             beat_http.close()
@@ -380,8 +380,8 @@ class Worker:
             free_slot()
 
     async def _run_step(self, held: _Held) -> Outcome:
-        assert self._executor is not None
-        return await run_step(held.spec, held.ctx, self._executor, dropped=lambda: held.dropped)
+        assert self._threads is not None
+        return await run_step(held.spec, held.ctx, self._threads, dropped=lambda: held.dropped)
 
     async def _report(self, held: _Held, result: Outcome) -> None:
         assert self._reporter is not None

@@ -1,0 +1,63 @@
+"""Sync steps' thread pool: concurrency up to its size, results and errors back on the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from worker_sdk.threads import StepThreads
+
+
+async def test_every_call_runs_concurrently_up_to_the_size() -> None:
+    pool = StepThreads(4)
+    barrier = threading.Barrier(4, timeout=5)  # only passes if all four run at once
+
+    def meet(i: int) -> tuple[int, str]:
+        barrier.wait()
+        return i, threading.current_thread().name
+
+    results = await asyncio.gather(*(pool.call(meet, i) for i in range(4)))
+    assert [r[0] for r in results] == [0, 1, 2, 3]
+    assert len({r[1] for r in results}) == 4 and pool.started == 4
+    assert all(t.daemon for t in threading.enumerate() if t.name.startswith("cairn-step"))
+    # Idle threads are reused rather than new ones started.
+    again = await asyncio.gather(
+        *(pool.call(lambda: threading.current_thread().name) for _ in range(8))
+    )
+    assert set(again) <= {r[1] for r in results} and pool.started == 4
+    pool.shutdown()
+
+
+async def test_errors_reach_the_caller_and_cancelled_calls_are_dropped() -> None:
+    pool = StepThreads(2)
+
+    def boom() -> None:
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        await pool.call(boom)
+    gate = threading.Event()
+    slow = pool.call(gate.wait, 5)
+    slow.cancel()
+    gate.set()
+    assert await pool.call(lambda: 7) == 7  # the cancelled call's result was dropped quietly
+    pool.shutdown()
+    with pytest.raises(RuntimeError):
+        pool.call(lambda: 1)
+
+
+async def test_shutdown_lets_idle_threads_exit() -> None:
+    pool = StepThreads(3)
+    await asyncio.gather(*(pool.call(lambda: None) for _ in range(3)))
+    threads = list(pool._threads)
+    pool.shutdown()
+    for t in threads:
+        t.join(5)
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_size_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        StepThreads(0)
