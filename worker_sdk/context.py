@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping, MutableMapping
@@ -60,11 +61,17 @@ class Context:
     ) -> None:
         self._task = task
         self._resolve = resolve_step
-        self._cancelled = threading.Event()
+        self._flag = False  # cancelled; the Event below exists only once a step waits on it
+        self._cancelled: threading.Event | None = None
         self._reason: str | None = None
         self._lock = threading.Lock()
         self._parents: Mapping[str, Any] = MappingProxyType(dict(task.parents))
-        self.log: logging.LoggerAdapter[logging.Logger] = _StepLogAdapter(
+
+    @functools.cached_property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry the workflow, step, run, step run and attempt."""
+        task = self._task
+        return _StepLogAdapter(
             logging.getLogger(STEP_LOGGER),
             {
                 "cairn_workflow": task.workflow,
@@ -125,7 +132,7 @@ class Context:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        return self._flag
 
     @property
     def cancel_reason(self) -> str | None:
@@ -159,13 +166,21 @@ class Context:
 
         A cancellable ``time.sleep``: ``if ctx.wait_cancelled(5): return``.
         """
-        return self._cancelled.wait(timeout)
+        with self._lock:
+            if self._cancelled is None:
+                self._cancelled = threading.Event()
+                if self._flag:
+                    self._cancelled.set()
+            event = self._cancelled
+        return event.wait(timeout)
 
     def mark_cancelled(self, reason: str) -> bool:
         """Flag the step as cancelled (thread-safe). False if it already was."""
         with self._lock:
-            if self._cancelled.is_set():
+            if self._flag:
                 return False
             self._reason = reason
-            self._cancelled.set()
+            self._flag = True
+            if self._cancelled is not None:
+                self._cancelled.set()
             return True

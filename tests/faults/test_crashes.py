@@ -24,8 +24,9 @@ from tests.faults.conftest import Starter
 from tests.faults.load import Meter
 from worker_sdk import AsyncClient
 
-RUNS = 2000
+MIN_RUNS = 2000
 BASELINE_RUNS = 500
+WORK_AFTER_LAST_KILL_S = 10.0  # at the baseline rate: room to see the recovery
 WORKERS = 3
 KILL_EVERY_S = 2.0
 MAX_KILLS = 5
@@ -59,8 +60,11 @@ async def test_random_worker_kills_lose_nothing(
         base_end = time.monotonic()
         first_done = next(t for t, n in meter.samples if n > 0)  # workers are up and draining
         baseline = meter.rate(first_done, base_end)
-        for i in range(BASELINE_RUNS, RUNS, 500):
-            await client.trigger_many("chain", [{"v": v} for v in range(i, min(i + 500, RUNS))])
+        # Enough work that the drain outlasts the kills by WORK_AFTER_LAST_KILL_S at baseline.
+        seconds = MAX_KILLS * KILL_EVERY_S + WORK_AFTER_LAST_KILL_S
+        runs = BASELINE_RUNS + max(MIN_RUNS - BASELINE_RUNS, int(baseline / 3 * seconds))
+        for i in range(BASELINE_RUNS, runs, 500):
+            await client.trigger_many("chain", [{"v": v} for v in range(i, min(i + 500, runs))])
         killed: list[int] = []
         started = time.monotonic()
         deadline = started + 240
@@ -69,7 +73,7 @@ async def test_random_worker_kills_lose_nothing(
         while time.monotonic() < deadline:
             await asyncio.sleep(KILL_EVERY_S)
             done = await _count(db_url, "SELECT count(*) FROM runs WHERE status = 'succeeded'")
-            if done == RUNS:
+            if done == runs:
                 break
             if len(killed) < MAX_KILLS:
                 victim = live.pop(rng.randrange(len(live)))
@@ -119,7 +123,7 @@ async def test_random_worker_kills_lose_nothing(
     finally:
         await engine.dispose()
 
-    assert statuses == {"succeeded": RUNS}, statuses
+    assert statuses == {"succeeded": runs}, statuses
     assert violations == []
     assert all(int(out) == (int(v) + 1) * 2 for v, out in results)
     killed_names = {name for _, name in attempts if int(name.rsplit("-", 1)[1]) in killed}
@@ -135,12 +139,12 @@ async def test_random_worker_kills_lose_nothing(
         json.dumps(
             {
                 "scenario": "worker_crashes",
-                "runs": RUNS,
+                "runs": runs,
                 "steps": steps,
                 "kills": len(killed),
                 "reexecutions": reexecutions,
                 "executions": len(executions),
-                "lost": RUNS - statuses.get("succeeded", 0),
+                "lost": runs - statuses.get("succeeded", 0),
                 "seconds": round(elapsed, 1),
                 **rates,
             }
