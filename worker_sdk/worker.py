@@ -259,7 +259,8 @@ class Worker:
         reporter = self._reporter
         failures = 0
         while not self._stopping():
-            reporter.hold()  # a result finished from here on rides on the next poll
+            if self.registration.poll_accepts_results:
+                reporter.hold()  # a result finished from here on rides on the next poll
             free = self.slots - self._running
             if free <= 0:
                 self._slot_freed.clear()
