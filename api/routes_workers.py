@@ -124,7 +124,8 @@ async def poll(
         return await leases.poll(conn, tenant, wid, max_tasks=max_tasks, effects=effects)
 
     actions = svc.worker_actions(wid)
-    with svc.notifier.subscribe(tenant, actions or ()) as wake:
+    # A poll carrying results claims once and never waits: it need not be woken.
+    with svc.notifier.subscribe(tenant, (actions or ()) if batch is None else ()) as wake:
         while True:
             wake.begin_claim()
             full = True  # a claim that failed hands its wake on as well
