@@ -81,6 +81,13 @@ CHECKS: dict[str, str] = {
         SELECT id::text, status FROM runs
         WHERE (finished_at IS NOT NULL) <> (status IN ('succeeded', 'failed', 'cancelled'))
     """,
+    # A run's row may stay 'queued' while its first steps run, never once an attempt has ended.
+    "started_run_recorded": """
+        SELECT r.id::text, 'queued with an ended attempt' FROM runs r
+        WHERE r.status = 'queued' AND EXISTS (
+          SELECT 1 FROM step_runs s JOIN step_attempts a ON a.step_run_id = s.id
+          WHERE s.run_id = r.id AND a.outcome <> 'running')
+    """,
 }
 
 

@@ -87,14 +87,37 @@ SELECT idempotency_key, id::text AS id FROM runs
 WHERE tenant_id = :tenant AND workflow_name = :name AND idempotency_key = ANY(:keys)
 """)
 
-RUN_COLUMNS = """id, workflow_name, version, status, input, idempotency_key, error, created_at,
-  started_at, finished_at"""
+# A run's row stays 'queued' while its first steps run (the claim does not write the run, which
+# halves the rows a claim changes): the row becomes 'running' when a step of it finishes or is
+# re-queued. Readers see the run's real state: 'running', with its first step's start, as soon
+# as any step of it has started.
+RUN_FROM = """runs LEFT JOIN LATERAL (
+  SELECT min(s.started_at) AS first_start FROM step_runs s
+  WHERE runs.status = 'queued' AND s.run_id = runs.id
+) f ON true"""
 
-GET_RUN = q(f"SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = :tenant AND id = :id")
+RUN_STATUS = "CASE WHEN f.first_start IS NOT NULL THEN 'running' ELSE runs.status END"
 
-LOCK_RUN = q(
-    f"SELECT {RUN_COLUMNS}, workflow_id FROM runs WHERE tenant_id = :tenant AND id = :id FOR UPDATE"
+RUN_COLUMNS = f"""runs.id, runs.workflow_name, runs.version, {RUN_STATUS} AS status, runs.input,
+  runs.idempotency_key, runs.error, runs.created_at,
+  COALESCE(runs.started_at, f.first_start) AS started_at, runs.finished_at"""
+
+GET_RUN = q(
+    f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE runs.tenant_id = :tenant AND runs.id = :id"
 )
+
+LOCK_RUN = q(f"""
+SELECT {RUN_COLUMNS}, runs.workflow_id FROM {RUN_FROM}
+WHERE runs.tenant_id = :tenant AND runs.id = :id FOR UPDATE OF runs
+""")
+
+# A step of a run still 'queued' is re-queued before any finished: the run has started.
+START_RUN = q("""
+UPDATE runs SET status = 'running',
+  started_at = COALESCE((SELECT min(s.started_at) FROM step_runs s WHERE s.run_id = runs.id),
+                        {NOW})
+WHERE id = :run AND status = 'queued'
+""")
 
 RUN_STEPS = q("""
 SELECT id, step_name, action, status, attempt, max_attempts, delivery, is_on_failure, parents,
@@ -187,14 +210,15 @@ WITH agg AS (
   SELECT run_id,
     count(*) FILTER (
       WHERE status IN {OPEN_STEP} AND NOT (is_on_failure AND status = 'pending')) AS open,
-    count(*) FILTER (WHERE status = 'failed' AND NOT is_on_failure) AS failed
+    count(*) FILTER (WHERE status = 'failed' AND NOT is_on_failure) AS failed,
+    min(started_at) AS first_start
   FROM step_runs WHERE run_id = ANY(CAST(:runs AS uuid[])) GROUP BY run_id
 ), settled AS (
   UPDATE runs SET
     status = CASE WHEN agg.open > 0 THEN 'running'
                   WHEN agg.failed > 0 THEN 'failed' ELSE 'succeeded' END,
     finished_at = CASE WHEN agg.open > 0 THEN NULL ELSE {NOW} END,
-    started_at = COALESCE(runs.started_at, {NOW}),
+    started_at = COALESCE(runs.started_at, agg.first_start, {NOW}),
     error = CASE WHEN agg.open = 0 AND agg.failed > 0 THEN (
       SELECT jsonb_build_object('step', f.step_name, 'error', f.error) FROM step_runs f
       WHERE f.run_id = agg.run_id AND f.status = 'failed' AND NOT f.is_on_failure
@@ -296,7 +320,7 @@ WITH cand AS (
     lease_token = gen_random_uuid(), worker_id = :worker,
     lease_expires_at = {NOW} + make_interval(secs => :lease_s),
     timeout_at = {NOW} + make_interval(secs => s.timeout_s), started_at = {NOW}
-  FROM cand WHERE s.id = cand.id AND s.status = 'queued'
+  WHERE s.id = ANY(ARRAY(SELECT id FROM cand)) AND s.status = 'queued'
   RETURNING s.id, s.tenant_id, s.run_id, s.step_name, s.action, s.attempt, s.lease_token,
     s.worker_id, s.started_at, s.parent_outputs, s.timeout_at, s.lease_expires_at, s.delivery,
     s.available_at
@@ -304,16 +328,13 @@ WITH cand AS (
   INSERT INTO step_attempts (tenant_id, step_run_id, attempt, worker_id, lease_token, started_at,
                              outcome)
   SELECT tenant_id, id, attempt, worker_id, lease_token, started_at, 'running' FROM claimed
-), started AS (
-  -- = ANY(ARRAY(...)): always the primary key, never a hash join over a scan of every run
-  UPDATE runs SET status = 'running', started_at = {NOW}
-  WHERE id = ANY(ARRAY(SELECT id FROM runs WHERE id IN (SELECT run_id FROM claimed)
-                       AND status = 'queued' FOR UPDATE SKIP LOCKED))
 )
 SELECT c.id, c.run_id, r.workflow_name, r.version, c.step_name, c.action, c.attempt,
   c.lease_token, r.input, c.parent_outputs, c.timeout_at, c.lease_expires_at, c.delivery,
   EXTRACT(EPOCH FROM (c.started_at - c.available_at)) AS queue_latency
-FROM claimed c JOIN runs r ON r.id = c.run_id
+FROM claimed c CROSS JOIN LATERAL (
+  SELECT workflow_name, version, input FROM runs WHERE runs.id = c.run_id OFFSET 0
+) r
 ORDER BY c.available_at, c.id
 """)
 

@@ -213,20 +213,22 @@ async def list_runs(
     cursor: str | None,
 ) -> RunPage:
     """Newest first, keyset-paginated on (created_at, id)."""
-    clauses = ["tenant_id = :tenant"]
+    clauses = ["runs.tenant_id = :tenant"]
     params: dict[str, Any] = {"tenant": tenant, "limit": limit + 1}
     if workflow is not None:
-        clauses.append("workflow_name = :workflow")
+        clauses.append("runs.workflow_name = :workflow")
         params["workflow"] = workflow
     if status is not None:
-        clauses.append("status = :status")
+        # The stored status narrows the scan; the derived one decides (see Q.RUN_FROM).
+        stored = {"queued": "'queued'", "running": "'queued', 'running'"}.get(status, ":status")
+        clauses.append(f"runs.status IN ({stored}) AND {Q.RUN_STATUS} = :status")
         params["status"] = status
     if cursor is not None:
         params["c_at"], params["c_id"] = _decode_cursor(cursor)
-        clauses.append("(created_at, id) < (:c_at, CAST(:c_id AS uuid))")
+        clauses.append("(runs.created_at, runs.id) < (:c_at, CAST(:c_id AS uuid))")
     sql = (
-        f"SELECT {Q.RUN_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} "
-        "ORDER BY created_at DESC, id DESC LIMIT :limit"
+        f"SELECT {Q.RUN_COLUMNS} FROM {Q.RUN_FROM} WHERE {' AND '.join(clauses)} "
+        "ORDER BY runs.created_at DESC, runs.id DESC LIMIT :limit"
     )
     rows = (await conn.execute(text(sql), params)).all()
     page = rows[:limit]

@@ -142,6 +142,7 @@ async def fail_attempt(
             if retry_after_s is not None
             else backoff_delay(step.backoff, step.attempt)
         )
+        await conn.execute(Q.START_RUN, {"run": str(step.run_id), "now": now})
         rows = (
             await conn.execute(
                 Q.REQUEUE_STEP,
@@ -200,6 +201,7 @@ async def release_running(conn: Conn, step: Any, effects: Effects, now: datetime
         )
         return
     await close_attempt(conn, str(step.lease_token), "released", None, now)
+    await conn.execute(Q.START_RUN, {"run": str(step.run_id), "now": now})
     rows = (
         await conn.execute(
             Q.REQUEUE_STEP,

@@ -52,6 +52,16 @@ async def test_corruption_is_reported(api: Api) -> None:
     assert {"attempt_gaps", "succeeded_attempts", "run_status_agrees"} <= found
 
 
+async def test_a_run_left_queued_after_an_attempt_ended_is_reported(api: Api) -> None:
+    await busy_database(api)
+    async with api.svc.db.connect() as conn:
+        assert "started_run_recorded" not in {v.check for v in await run_checks(conn)}
+    async with api.svc.db.engine.begin() as conn:
+        await conn.execute(text("UPDATE runs SET status = 'queued' WHERE status = 'running'"))
+    async with api.svc.db.connect() as conn:
+        assert "started_run_recorded" in {v.check for v in await run_checks(conn)}
+
+
 async def test_cairn_check_command_exit_status(api: Api, db_url: str) -> None:
     import asyncio
     import os
@@ -77,7 +87,8 @@ async def test_cairn_check_command_exit_status(api: Api, db_url: str) -> None:
     async with api.svc.db.engine.begin() as conn:
         await conn.execute(
             text(
-                "UPDATE runs SET status = 'succeeded', finished_at = now() WHERE status = 'running'"
+                "UPDATE runs SET status = 'succeeded', finished_at = now()"
+                " WHERE status IN ('queued', 'running')"
             )
         )
     code, out = await check()

@@ -206,3 +206,50 @@ async def test_list_runs_paginates_and_filters(api: Api) -> None:
     assert (await api.json("GET", "/runs?status=succeeded"))["runs"] == []
     await api.call("GET", "/runs?status=bogus", 422)
     await api.call("GET", "/runs?cursor=!!!", 422)
+
+
+async def test_run_is_running_from_its_first_claim(api: Api) -> None:
+    """The claim leaves the run's row alone; readers still see it running from then on."""
+    await api.register("lazy", [{"name": "a", "retries": 1}, {"name": "b", "parents": ["a"]}])
+    run = await api.trigger("lazy")
+    other = await api.trigger("lazy")
+    before = await api.run(run["id"])
+    assert before["status"] == "queued" and before["started_at"] is None
+    w = await api.worker(["lazy.a", "lazy.b"])
+    [a, _] = await api.poll(w)
+    started = await api.run(a["run_id"])
+    assert started["status"] == "running"
+    assert (
+        started["started_at"] == next(s for s in started["steps"] if s["name"] == "a")["started_at"]
+    )
+    running = await api.json("GET", "/runs?workflow=lazy&status=running")
+    queued = await api.json("GET", "/runs?workflow=lazy&status=queued")
+    assert {r["id"] for r in running["runs"]} == {run["id"], other["id"]}
+    assert queued["runs"] == []
+    # A retry re-queues the step: the run stays running, and keeps its first start.
+    await api.fail(a, retry_after_s=0)
+    again = await api.run(a["run_id"])
+    assert again["status"] == "running" and again["started_at"] == started["started_at"]
+    [a2] = await api.poll(w)
+    await api.complete(a2, "A")
+    [b] = await api.poll(w)
+    await api.complete(b, "B")
+    done = await api.run(a["run_id"])
+    assert done["status"] == "succeeded" and done["started_at"] == started["started_at"]
+
+
+async def test_queued_runs_list_only_those_not_started(api: Api) -> None:
+    await api.register("lazy2", [{"name": "a"}])
+    first = await api.trigger("lazy2")
+    second = await api.trigger("lazy2")
+    w = await api.worker(["lazy2.a"])
+    [t] = await api.poll(w, max_tasks=1)
+    page = await api.json("GET", "/runs?workflow=lazy2&status=queued")
+    assert [r["id"] for r in page["runs"]] == [
+        second["id"] if t["run_id"] == first["id"] else first["id"]
+    ]
+    listed = await api.json("GET", "/runs?workflow=lazy2")
+    assert {r["id"]: r["status"] for r in listed["runs"]} == {
+        t["run_id"]: "running",
+        (second if t["run_id"] == first["id"] else first)["id"]: "queued",
+    }
