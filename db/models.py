@@ -212,7 +212,9 @@ step_attempts = Table(
     "step_attempts",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("tenant_id", UUID(as_uuid=False), ForeignKey("tenants.id"), nullable=False),
+    # The tenant of the step run (kept for tenant-scoped reads); no key of its own: the step
+    # run's key covers it, and a key to tenants would lock the tenant's row on every claim.
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
     Column(
         "step_run_id",
         UUID(as_uuid=False),

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from worker_sdk.errors import LeaseLostError, ParentNotFoundError
 
 STEP_LOGGER = "cairn.worker.step"
+# Guards every Context's cancel state: cancellations are rare, and a lock per step is not free.
+_CANCEL_LOCK = threading.Lock()
 
 
 class Task(BaseModel):
@@ -64,7 +66,6 @@ class Context:
         self._flag = False  # cancelled; the Event below exists only once a step waits on it
         self._cancelled: threading.Event | None = None
         self._reason: str | None = None
-        self._lock = threading.Lock()
         self._parents: Mapping[str, Any] = MappingProxyType(dict(task.parents))
 
     @functools.cached_property
@@ -137,7 +138,7 @@ class Context:
     @property
     def cancel_reason(self) -> str | None:
         """``"cancelled"``, ``"lost"``, ``"shutdown"`` or None."""
-        with self._lock:
+        with _CANCEL_LOCK:
             return self._reason
 
     def parent_output(self, step: str | Callable[..., Any]) -> Any:
@@ -166,7 +167,7 @@ class Context:
 
         A cancellable ``time.sleep``: ``if ctx.wait_cancelled(5): return``.
         """
-        with self._lock:
+        with _CANCEL_LOCK:
             if self._cancelled is None:
                 self._cancelled = threading.Event()
                 if self._flag:
@@ -176,7 +177,7 @@ class Context:
 
     def mark_cancelled(self, reason: str) -> bool:
         """Flag the step as cancelled (thread-safe). False if it already was."""
-        with self._lock:
+        with _CANCEL_LOCK:
             if self._flag:
                 return False
             self._reason = reason

@@ -5,13 +5,19 @@ busy worker feels: no ``concurrent.futures.Future`` chained to an asyncio one, a
 wake-up for all the results that finished since the last one, not one per step. Threads start
 on demand up to ``size`` and are daemon threads: a step abandoned at shutdown cannot keep the
 process alive (Python cannot stop a thread; its result is dropped).
+
+Threads are woken one at a time: a call wakes an idle thread only when no thread is already on
+its way to the queue, and a thread that takes a job wakes the next one if jobs are left. Every
+job still starts without waiting for another to finish (up to ``size`` at once), but a batch of
+quick steps is run by the few threads that are awake instead of waking one thread per step,
+each of which would then queue for the GIL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import queue
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -27,10 +33,12 @@ class StepThreads:
             raise ValueError("size must be >= 1")
         self._size = size
         self._name = name
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
-        self._lock = threading.Lock()
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._idle = 0  # threads waiting for a job
+        self._waking = 0  # threads woken (or started) that have not taken a job yet
         self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()  # guards _done
         self._done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -43,32 +51,58 @@ class StepThreads:
         """Run ``fn(*args)`` on a pool thread; await the returned future for its result."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        with self._lock:
+        with self._cond:
             if self._closed:
                 raise RuntimeError("step threads are shut down")
             self._loop = loop
-            if not self._idle.acquire(blocking=False) and len(self._threads) < self._size:
-                thread = threading.Thread(
-                    target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
-        self._jobs.put((future, fn, args))
+            self._jobs.append((future, fn, args))
+            if self._waking == 0:
+                self._wake_one()
         return future
 
     def shutdown(self) -> None:
         """Idle threads exit; busy ones exit after their step (whose result is dropped)."""
-        with self._lock:
+        with self._cond:
             self._closed = True
-            threads = len(self._threads)
-        for _ in range(threads):
-            self._jobs.put(None)
+            self._cond.notify_all()
+
+    def _wake_one(self) -> None:
+        """With ``_cond`` held: get one more thread to the queue (none if all are busy)."""
+        if self._idle > 0:
+            self._idle -= 1
+            self._waking += 1
+            self._cond.notify()
+        elif len(self._threads) < self._size:
+            self._waking += 1
+            thread = threading.Thread(
+                target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
 
     def _work(self) -> None:
+        waking = True  # started by _wake_one
         while True:
-            job = self._jobs.get()
-            if job is None:
-                return
+            with self._cond:
+                while not self._jobs:
+                    if waking:
+                        self._waking -= 1
+                        waking = False
+                    if self._closed:
+                        return
+                    self._idle += 1
+                    self._cond.wait()
+                    if self._closed and not self._jobs:
+                        # shutdown's notify_all: not woken by _wake_one, so not counted there
+                        self._idle -= 1
+                        return
+                    waking = True  # woken by _wake_one, which counted us
+                job = self._jobs.popleft()
+                if waking:
+                    self._waking -= 1
+                    waking = False
+                if self._jobs and self._waking == 0:
+                    self._wake_one()  # more to do: pass the wake-up on
             future, fn, args = job
             try:
                 item: tuple[asyncio.Future[Any], Any, BaseException | None] = (
@@ -80,7 +114,6 @@ class StepThreads:
                 item = (future, None, exc)
             del job, future, fn, args
             self._finish(item)
-            self._idle.release()
 
     def _finish(self, item: tuple[asyncio.Future[Any], Any, BaseException | None]) -> None:
         with self._lock:

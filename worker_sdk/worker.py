@@ -16,11 +16,11 @@ from types import FrameType
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from worker_sdk import calls, outcome
 from worker_sdk.client import build_headers, resolve_url
-from worker_sdk.context import Context, Task
+from worker_sdk.context import STEP_LOGGER, Context, Task
 from worker_sdk.errors import APIError, CairnError, HTTPError
 from worker_sdk.execution import action_table, run_step
 from worker_sdk.heartbeat import Heartbeater, Registration
@@ -36,6 +36,9 @@ POLL_HTTP_MARGIN_S = 10.0
 MIN_EMPTY_POLL_S = 0.1  # never re-poll faster than this after an empty answer
 POLL_LINGER_S = 0.005  # when busy, wait this long for more slots to free before polling
 MAX_CARRIED = 500  # results one poll carries at most (the server's default limit is 1,000)
+
+_step_log = logging.getLogger(STEP_LOGGER)
+_TASKS: TypeAdapter[list[Task]] = TypeAdapter(list[Task])
 
 
 @dataclass
@@ -305,8 +308,8 @@ class Worker:
             tasks = body.get("tasks") or []
             if len(tasks) > free:
                 log.warning("server sent %d tasks for %d free slot(s)", len(tasks), free)
-            for raw in tasks:
-                self._start(raw)
+            for task in self._validate(tasks):
+                self._start(task)
             if tasks:
                 # Let the new steps reach their threads before the next poll is built.
                 await asyncio.sleep(0)
@@ -343,12 +346,22 @@ class Worker:
             await asyncio.wait_for(self._stop_event.wait(), timeout=delay)
 
     # ----------------------------------------------------------------- running steps
-    def _start(self, raw: Any) -> None:
+    @staticmethod
+    def _validate(raw: list[Any]) -> list[Task]:
+        """The well-formed tasks of a poll answer (all at once; one by one when any is not)."""
         try:
-            task = Task.model_validate(raw)
-        except ValidationError as exc:
-            log.error("ignoring malformed task %r: %s", raw, exc)
-            return
+            return _TASKS.validate_python(raw)
+        except ValidationError:
+            pass
+        tasks: list[Task] = []
+        for item in raw:
+            try:
+                tasks.append(Task.model_validate(item))
+            except ValidationError as exc:
+                log.error("ignoring malformed task %r: %s", item, exc)
+        return tasks
+
+    def _start(self, task: Task) -> None:
         wf_spec = self._actions.get(task.action)
         resolve = wf_spec[0].step_name if wf_spec else None
         held = _Held(task, Context(task, resolve_step=resolve), wf_spec[1] if wf_spec else None)
@@ -413,7 +426,7 @@ class Worker:
                 verdict.get("code"),
                 verdict.get("detail"),
             )
-        elif status != "dropped":
+        elif status != "dropped" and _step_log.isEnabledFor(logging.INFO):
             held.ctx.log.info("%s reported", "success" if result.kind == "complete" else "failure")
 
     async def _report_single(self, held: _Held, result: Outcome) -> None:

@@ -30,6 +30,25 @@ async def test_every_call_runs_concurrently_up_to_the_size() -> None:
     pool.shutdown()
 
 
+async def test_no_call_is_left_waiting_while_threads_idle() -> None:
+    """Threads wake one another in a chain: whatever the mix of quick and blocking steps, every
+    call runs, every blocking one alongside the others, and the pool ends with all idle."""
+    pool = StepThreads(8)
+    gate = threading.Event()
+    blocked = [pool.call(gate.wait, 5) for _ in range(7)]  # 7 of 8 threads held
+    quick = [pool.call(lambda i=i: i) for i in range(300)]  # all through the last thread
+    assert await asyncio.gather(*quick) == list(range(300))
+    gate.set()
+    assert await asyncio.gather(*blocked) == [True] * 7
+    for _ in range(100):  # the threads are back waiting once their last job is delivered
+        with pool._cond:
+            if pool._idle == pool.started and pool._waking == 0:
+                break
+        await asyncio.sleep(0.01)
+    assert (pool._idle, pool._waking, pool.started) == (8, 0, 8)
+    pool.shutdown()
+
+
 async def test_errors_reach_the_caller_and_cancelled_calls_are_dropped() -> None:
     pool = StepThreads(2)
 

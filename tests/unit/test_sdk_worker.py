@@ -397,3 +397,26 @@ async def test_results_a_poll_could_not_carry_are_sent_on_their_own() -> None:
     await asyncio.wait_for(runner, 5)
     assert server.carried == []
     assert sorted(sr for sr, _, _ in server.reports) == [str(i) for i in range(6)]
+
+
+async def test_a_malformed_task_is_skipped_and_the_rest_of_its_poll_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    wf = Workflow("mixed")
+
+    @wf.step
+    def ok(ctx: Context) -> int:
+        return 1
+
+    server = FakeServer()
+    server.add_task("1", "mixed.ok")
+    server.add_task("2", "mixed.ok", attempt="not a number")
+    server.add_task("3", "mixed.ok")
+    worker = make_worker(server, [wf])
+    runner = asyncio.create_task(worker.arun())
+    await until(lambda: len(server.reports) == 2)
+    await asyncio.sleep(0.05)
+    worker.stop()
+    await asyncio.wait_for(runner, 5)
+    assert sorted(sr for sr, _, _ in server.reports) == ["1", "3"]
+    assert "ignoring malformed task" in caplog.text
