@@ -14,8 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from worker_sdk.errors import LeaseLostError, ParentNotFoundError
 
 STEP_LOGGER = "cairn.worker.step"
+_step_log = logging.getLogger(STEP_LOGGER)
 # Guards every Context's cancel state: cancellations are rare, and a lock per step is not free.
 _CANCEL_LOCK = threading.Lock()
+
+
+def step_log_enabled(level: int) -> bool:
+    """Whether step records at ``level`` go anywhere (building a step's log adapter is not free)."""
+    return _step_log.isEnabledFor(level)
 
 
 class Task(BaseModel):
@@ -73,7 +79,7 @@ class Context:
         """A logger whose records carry the workflow, step, run, step run and attempt."""
         task = self._task
         return _StepLogAdapter(
-            logging.getLogger(STEP_LOGGER),
+            _step_log,
             {
                 "cairn_workflow": task.workflow,
                 "cairn_step": task.step,

@@ -7,13 +7,11 @@ import logging
 from collections.abc import Callable, Iterable
 
 from worker_sdk import outcome
-from worker_sdk.context import STEP_LOGGER, Context
+from worker_sdk.context import Context, step_log_enabled
 from worker_sdk.errors import DefinitionError
 from worker_sdk.outcome import Outcome
 from worker_sdk.threads import StepThreads
 from worker_sdk.workflow import StepSpec, Workflow
-
-_step_log = logging.getLogger(STEP_LOGGER)
 
 
 def call_sync(spec: StepSpec, ctx: Context) -> Outcome:
@@ -58,7 +56,7 @@ async def run_step(
     if spec is None:
         msg = f"this worker has no step for action {ctx.action!r}"
         return outcome.fail("ActionNotRegistered", msg, retryable=True)
-    if _step_log.isEnabledFor(logging.DEBUG):  # building the step's log adapter is not free
+    if step_log_enabled(logging.DEBUG):
         ctx.log.debug("starting")
     if not spec.is_async:
         return await threads.call(call_sync, spec, ctx)

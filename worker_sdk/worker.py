@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from worker_sdk import calls, outcome
 from worker_sdk.client import build_headers, resolve_url
-from worker_sdk.context import STEP_LOGGER, Context, Task
+from worker_sdk.context import Context, Task, step_log_enabled
 from worker_sdk.errors import APIError, CairnError, HTTPError
 from worker_sdk.execution import action_table, run_step
 from worker_sdk.heartbeat import Heartbeater, Registration
@@ -37,7 +37,6 @@ MIN_EMPTY_POLL_S = 0.1  # never re-poll faster than this after an empty answer
 POLL_LINGER_S = 0.005  # when busy, wait this long for more slots to free before polling
 MAX_CARRIED = 500  # results one poll carries at most (the server's default limit is 1,000)
 
-_step_log = logging.getLogger(STEP_LOGGER)
 _TASKS: TypeAdapter[list[Task]] = TypeAdapter(list[Task])
 
 
@@ -426,7 +425,7 @@ class Worker:
                 verdict.get("code"),
                 verdict.get("detail"),
             )
-        elif status != "dropped" and _step_log.isEnabledFor(logging.INFO):
+        elif status != "dropped" and step_log_enabled(logging.INFO):
             held.ctx.log.info("%s reported", "success" if result.kind == "complete" else "failure")
 
     async def _report_single(self, held: _Held, result: Outcome) -> None:
