@@ -105,25 +105,26 @@ async def poll(
                 "now": now,
             },
         )
-        for r in rows:
+        for r in rows:  # columns by key: a Row attribute is a Python call per column
+            parents = r["parent_outputs"]
             tasks.append(
                 Task(
-                    step_run_id=str(r.id),
-                    run_id=str(r.run_id),
-                    workflow=r.workflow_name,
-                    version=r.version,
-                    step=r.step_name,
-                    action=r.action,
-                    attempt=r.attempt,
-                    lease_token=str(r.lease_token),
-                    input=r.input,
-                    parents=r.parent_outputs if r.parent_outputs is not None else {},
-                    timeout_at=r.timeout_at,
-                    lease_expires_at=r.lease_expires_at,
-                    delivery=r.delivery,
+                    step_run_id=r["id"],
+                    run_id=r["run_id"],
+                    workflow=r["workflow_name"],
+                    version=r["version"],
+                    step=r["step_name"],
+                    action=r["action"],
+                    attempt=r["attempt"],
+                    lease_token=r["lease_token"],
+                    input=r["input"],
+                    parents=parents if parents is not None else {},
+                    timeout_at=r["timeout_at"],
+                    lease_expires_at=r["lease_expires_at"],
+                    delivery=r["delivery"],
                 )
             )
-            effects.queue_latencies.append(max(float(r.queue_latency or 0.0), 0.0))
+            effects.queue_latencies.append(max(float(r["queue_latency"] or 0.0), 0.0))
         effects.step_statuses["running"] += len(tasks)
     return PollResult(
         tasks=tuple(tasks),

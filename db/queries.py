@@ -172,16 +172,17 @@ WHERE id = :run
 
 # Pending steps of these runs whose parents have all succeeded become queued, with their
 # parents' outputs. The caller holds the runs' locks, so two parents finishing cannot both miss it.
-PROMOTE_READY = q("""
+_PROMOTE = """
 UPDATE step_runs c SET status = 'queued', available_at = {NOW}, queued_at = {NOW},
   schedule_deadline = {NOW} + make_interval(secs => c.schedule_timeout_s),
   parent_outputs = (SELECT COALESCE(jsonb_object_agg(p.step_name, p.output), '{}'::jsonb)
                     FROM step_runs p WHERE p.run_id = c.run_id AND p.step_name = ANY(c.parents))
-WHERE c.run_id = ANY(CAST(:runs AS uuid[])) AND c.status = 'pending' AND NOT c.is_on_failure
+WHERE c.run_id = ANY({RUNS}) AND c.status = 'pending' AND NOT c.is_on_failure
   AND NOT EXISTS (SELECT 1 FROM step_runs p WHERE p.run_id = c.run_id
                   AND p.step_name = ANY(c.parents) AND p.status <> 'succeeded')
-RETURNING c.tenant_id, c.action
-""")
+RETURNING c.tenant_id, c.action"""
+
+PROMOTE_READY = q(_PROMOTE.replace("{RUNS}", "CAST(:runs AS uuid[])"))
 
 SKIP_DESCENDANTS = q("""
 WITH RECURSIVE d(name) AS (
@@ -204,13 +205,14 @@ RETURNING tenant_id, action
 
 # Finish every run of the set with no open step left (an unused on_failure step is skipped);
 # mark the others running. One statement for any number of runs.
-SETTLE_RUNS = q(
-    """
-WITH agg AS (
+_SETTLE = """
+agg AS (
   SELECT run_id,
     count(*) FILTER (
       WHERE status IN {OPEN_STEP} AND NOT (is_on_failure AND status = 'pending')) AS open,
     count(*) FILTER (WHERE status = 'failed' AND NOT is_on_failure) AS failed,
+    count(*) FILTER (WHERE status = 'pending' AND NOT is_on_failure) AS pending,
+    count(*) FILTER (WHERE status = 'pending' AND is_on_failure) AS handlers,
     min(started_at) AS first_start
   FROM step_runs WHERE run_id = ANY(CAST(:runs AS uuid[])) GROUP BY run_id
 ), settled AS (
@@ -225,14 +227,30 @@ WITH agg AS (
       ORDER BY f.finished_at, f.position LIMIT 1) END
   FROM agg WHERE runs.id = agg.run_id AND runs.status IN ('queued', 'running')
     AND (agg.open = 0 OR runs.status = 'queued')
-  RETURNING runs.id, runs.status
+  RETURNING runs.id, runs.status, agg.handlers
 ), skipped AS (
   UPDATE step_runs SET status = 'skipped', finished_at = {NOW}
-  WHERE run_id IN (SELECT id FROM settled WHERE status IN ('succeeded', 'failed'))
+  WHERE run_id = ANY(ARRAY(SELECT id FROM settled
+                           WHERE status IN ('succeeded', 'failed') AND handlers > 0))
     AND is_on_failure AND status = 'pending'
+)""".replace("{OPEN_STEP}", OPEN_STEP)
+
+SETTLE_RUNS = q(f"WITH {_SETTLE}\nSELECT id, status FROM settled")
+
+# Steps of these runs succeeded: promotion and settling in one statement. Both read the same
+# snapshot, which is enough: a promoted step is open before and after (pending → queued), so the
+# settle's count of open steps is the same either way, and the two update disjoint rows (promotion
+# never touches on_failure steps; the settle skips only those). Runs with no pending step are not
+# searched for steps to promote (a one-step run has none).
+SUCCEED_RUNS = q(
+    f"""WITH {_SETTLE}, promoted AS ({
+        _PROMOTE.replace("{RUNS}", "ARRAY(SELECT run_id FROM agg WHERE pending > 0)")
+    }
 )
-SELECT id, status FROM settled
-""".replace("{OPEN_STEP}", OPEN_STEP)
+SELECT 'settled' AS kind, id::text AS a, status AS b FROM settled
+UNION ALL
+SELECT 'queued', tenant_id::text, action FROM promoted
+"""
 )
 
 CLOSE_ATTEMPT = q("""
@@ -329,8 +347,9 @@ WITH cand AS (
                              outcome)
   SELECT tenant_id, id, attempt, worker_id, lease_token, started_at, 'running' FROM claimed
 )
-SELECT c.id, c.run_id, r.workflow_name, r.version, c.step_name, c.action, c.attempt,
-  c.lease_token, r.input, c.parent_outputs, c.timeout_at, c.lease_expires_at, c.delivery,
+SELECT c.id::text AS id, c.run_id::text AS run_id, r.workflow_name, r.version, c.step_name,
+  c.action, c.attempt, c.lease_token::text AS lease_token, r.input, c.parent_outputs,
+  c.timeout_at, c.lease_expires_at, c.delivery,
   EXTRACT(EPOCH FROM (c.started_at - c.available_at)) AS queue_latency
 FROM claimed c CROSS JOIN LATERAL (
   SELECT workflow_name, version, input FROM runs WHERE runs.id = c.run_id OFFSET 0
@@ -384,8 +403,9 @@ WITH items AS (
 ), done AS (
   UPDATE step_runs s SET status = 'succeeded', output = i.output -> 'v', error = NULL,
     {CLEAR_LEASE}, finished_at = {{NOW}}
-  FROM items i, (SELECT count(*) AS n FROM locked) l
-  WHERE s.id = i.id AND s.tenant_id = :tenant AND s.status = 'running' AND l.n >= 0
+  FROM items i
+  WHERE s.id = i.id AND s.tenant_id = :tenant AND s.status = 'running'
+    AND (SELECT count(*) FROM locked) >= 0  -- runs locked first (one-time filter)
     AND s.lease_token = i.token AND s.cancel_requested_at IS NULL
     AND s.lease_expires_at > {{NOW}}
   RETURNING s.id, s.run_id, i.token, EXTRACT(EPOCH FROM ({{NOW}} - s.started_at)) AS duration

@@ -83,8 +83,12 @@ async def after_success(
     conn: Conn, run_ids: list[str], effects: Effects, now: datetime | None
 ) -> None:
     """Steps of these runs succeeded: queue what became ready, settle what is done."""
-    await promote_children(conn, run_ids, effects, now)
-    await settle_runs(conn, run_ids, effects, now)
+    for kind, a, b in await conn.execute(Q.SUCCEED_RUNS, {"runs": run_ids, "now": now}):
+        if kind == "queued":
+            effects.notify.add((a, b))
+            effects.step_statuses["queued"] += 1
+        elif b in ("succeeded", "failed"):
+            effects.run_statuses[b] += 1
 
 
 async def after_permanent_failure(

@@ -111,11 +111,11 @@ async def test_statements_per_lifecycle_are_pinned(api: Api) -> None:
     """Trigger, claim and complete a batch: the statement count does not grow with its size.
 
     Pinned: bulk trigger 3 (workflow lookup, insert, NOTIFY), poll 2 (worker touch, claim),
-    results 3 (complete + attempts, promote, settle). Raise these only on purpose.
+    results 2 (complete + attempts; promote + settle). Raise these only on purpose.
     """
     await api.register("cost", [{"name": "s"}])
     small, large = await lifecycle(api, 2), await lifecycle(api, 40)
-    assert len(small) == len(large) == 8, "\n---\n".join(large)
+    assert len(small) == len(large) == 7, "\n---\n".join(large)
     page = await api.json("GET", "/runs?workflow=cost&status=succeeded&limit=100")
     assert len(page["runs"]) == 42
 
