@@ -176,6 +176,8 @@ step_runs = Table(
         " AND lease_expires_at IS NOT NULL AND timeout_at IS NOT NULL)",
         name="lease_iff_running",
     ),
+    # The completion's guard is the token alone (db/queries.py COMPLETE_MANY): it relies on this.
+    CheckConstraint("(lease_token IS NOT NULL) = (status = 'running')", name="token_iff_running"),
     CheckConstraint("status <> 'queued' OR available_at IS NOT NULL", name="queued_available"),
     CheckConstraint("attempt >= 0 AND attempt <= max_attempts", name="attempt_bounds"),
     CheckConstraint("started_at IS NULL OR attempt >= 1", name="started_attempted"),

@@ -392,7 +392,10 @@ FROM step_runs WHERE id = ANY(CAST(:ids AS uuid[])) AND tenant_id = :tenant
 """)
 
 # Completion of many step runs: lock their runs first, in id order (lock order run → step
-# everywhere), then the guarded update, closing each attempt in the same statement.
+# everywhere), then the guarded update, closing each attempt in the same statement. The guard is
+# the lease token (a token is on a step run only while it runs: CHECK token_iff_running); the
+# status is not named, so no partial index on running step runs matches and each step run is
+# read by key, however many are running and whatever the statistics say.
 COMPLETE_MANY = q(f"""
 WITH items AS (
   SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(id uuid, token uuid, output jsonb)
@@ -404,7 +407,7 @@ WITH items AS (
   UPDATE step_runs s SET status = 'succeeded', output = i.output -> 'v', error = NULL,
     {CLEAR_LEASE}, finished_at = {{NOW}}
   FROM items i
-  WHERE s.id = i.id AND s.tenant_id = :tenant AND s.status = 'running'
+  WHERE s.id = i.id AND s.tenant_id = :tenant
     AND (SELECT count(*) FROM locked) >= 0  -- runs locked first (one-time filter)
     AND s.lease_token = i.token AND s.cancel_requested_at IS NULL
     AND s.lease_expires_at > {{NOW}}

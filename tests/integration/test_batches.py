@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from db import queries as Q
+from db.models import DEFAULT_TENANT_ID
+from db.pg import compile_sql
 from tests.integration.conftest import Api
 
 
@@ -132,3 +136,44 @@ async def test_json_null_input_and_output_are_values(api: Api) -> None:
         final = await api.run(rid)
         assert final["status"] == "succeeded" and final["steps"][0]["output"] is None
     assert (await api.run(r["runs"][0]["id"]))["input"] is None
+
+
+async def test_completion_reads_its_step_runs_by_key_however_many_run(api: Api) -> None:
+    """Statistics taken while nothing ran (as after a bulk trigger) must not lead the completion
+    to read every running step run through a partial index: it reads its own, by key."""
+    await api.register("bykey", [{"name": "s"}])
+    await api.json("POST", "/workflows/bykey/runs/bulk", 201, json={"runs": [{}] * 60})
+    async with api.svc.db.connect() as conn:
+        await conn.execute("ANALYZE step_runs")
+    w = await api.worker(["bykey.s"], slots=60)
+    tasks = await api.poll(w, max_tasks=60)
+    assert len(tasks) == 60
+    items = [
+        {"id": t["step_run_id"], "token": t["lease_token"], "output": {"v": None}}
+        for t in tasks[:5]
+    ]
+    sql, names = compile_sql(Q.COMPLETE_MANY.text)
+    params = {"items": json.dumps(items), "tenant": DEFAULT_TENANT_ID, "now": None}
+    async with api.svc.db.connect() as conn, conn.raw.transaction():
+        # A small table is read whole; without that option the planner picks among indexes,
+        # as it does on a table of any size.
+        await conn.raw.execute("SET LOCAL enable_seqscan = off")
+        plan = await conn.raw.fetchval("EXPLAIN (FORMAT JSON) " + sql, *[params[n] for n in names])
+    scans = {
+        node["Index Name"]
+        for node in _plan_nodes(json.loads(plan) if isinstance(plan, str) else plan)
+        if node.get("Relation Name") == "step_runs" and "Index Name" in node
+    }
+    assert scans == {"pk_step_runs"}, scans
+
+
+def _plan_nodes(plan: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(plan, list):
+        for p in plan:
+            yield from _plan_nodes(p)
+    elif isinstance(plan, dict):
+        if "Node Type" in plan:
+            yield plan
+        for key in ("Plan", "Plans"):
+            if key in plan:
+                yield from _plan_nodes(plan[key])

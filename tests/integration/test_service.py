@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import CheckConstraint, text
 from sqlalchemy.engine import Connection
 
 from api.openapi import render
@@ -65,6 +65,21 @@ async def test_migrations_match_the_models(api: Api) -> None:
             assert dict(o.split("=", 1) for o in got or []) == {
                 k: str(v) for k, v in want.items()
             }, table.name
+            # Nor are check constraints: the same ones, by name, on every table.
+            checks = (
+                await conn.execute(
+                    text(
+                        "SELECT conname FROM pg_constraint"
+                        " WHERE conrelid = CAST(:t AS regclass) AND contype = 'c'"
+                    ),
+                    {"t": table.name},
+                )
+            ).scalars()
+            prefix = f"ck_{table.name}_"
+            names = [str(c.name) for c in table.constraints if isinstance(c, CheckConstraint)]
+            assert set(checks) == {n if n.startswith(prefix) else prefix + n for n in names}, (
+                table.name
+            )
 
 
 def test_openapi_json_is_up_to_date() -> None:
