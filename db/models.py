@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     Float,
     ForeignKey,
@@ -40,6 +41,7 @@ metadata = MetaData(
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 RUN_TERMINAL = ("succeeded", "failed", "cancelled")
+RUN_ATTENTION = ("failed", "cancelled")  # listed through their own index
 STEP_STATUSES = ("pending", "queued", "running", "succeeded", "failed", "cancelled", "skipped")
 STEP_TERMINAL = ("succeeded", "failed", "cancelled", "skipped")
 ATTEMPT_OUTCOMES = (
@@ -118,6 +120,15 @@ runs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
+    # The status of the runs an operator looks for (failed, cancelled), NULL for the others.
+    # It is indexed instead of the status: a run's other transitions (queued → running →
+    # succeeded) change no indexed value, so they are HOT updates (no index entries, the new row
+    # version on the same page: fillfactor leaves room for it).
+    Column(
+        "attention_status",
+        Text,
+        Computed(f"CASE WHEN {_in('status', RUN_ATTENTION)} THEN status END", persisted=True),
+    ),
     CheckConstraint(_in("status", RUN_STATUSES), name="status_valid"),
     CheckConstraint(
         f"(finished_at IS NOT NULL) = ({_in('status', RUN_TERMINAL)})", name="finished_iff_terminal"
@@ -126,7 +137,15 @@ runs = Table(
         "tenant_id", "workflow_name", "idempotency_key", name="uq_runs_tenant_workflow_idem"
     ),
     Index("ix_runs_tenant_created", "tenant_id", "created_at", "id"),
-    Index("ix_runs_tenant_status", "tenant_id", "status", "created_at"),
+    Index(
+        "ix_runs_tenant_attention",
+        "tenant_id",
+        "attention_status",
+        "created_at",
+        "id",
+        postgresql_where=text("attention_status IS NOT NULL"),
+    ),
+    postgresql_with={"fillfactor": 70},
 )
 
 step_runs = Table(

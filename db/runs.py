@@ -14,6 +14,7 @@ from db import queries as Q
 from db import transitions
 from db import workflows as wf
 from db.errors import InvalidPayload, InvalidState, NotFound
+from db.models import RUN_ATTENTION
 from db.pg import Conn
 from db.types import Attempt, Effects, Run, RunPage, StepRun
 
@@ -219,9 +220,13 @@ async def list_runs(
         clauses.append("runs.workflow_name = :workflow")
         params["workflow"] = workflow
     if status is not None:
-        # The stored status narrows the scan; the derived one decides (see Q.RUN_FROM).
+        # The stored status narrows the scan; the derived one decides (see Q.RUN_FROM). Failed
+        # and cancelled runs have their own index (models.RUN_ATTENTION); the others are read
+        # newest first, where queued and running runs are, and succeeded ones are most runs.
         stored = {"queued": "'queued'", "running": "'queued', 'running'"}.get(status, ":status")
         clauses.append(f"runs.status IN ({stored}) AND {Q.RUN_STATUS} = :status")
+        if status in RUN_ATTENTION:
+            clauses.append("runs.attention_status = :status")
         params["status"] = status
     if cursor is not None:
         params["c_at"], params["c_id"] = _decode_cursor(cursor)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from db import leases
+from db.models import DEFAULT_TENANT_ID
+from db.pg import Conn
+from db.types import Effects
 from tests.integration.conftest import Api
 
 
@@ -252,4 +256,54 @@ async def test_queued_runs_list_only_those_not_started(api: Api) -> None:
     assert {r["id"]: r["status"] for r in listed["runs"]} == {
         t["run_id"]: "running",
         (second if t["run_id"] == first["id"] else first)["id"]: "queued",
+    }
+
+
+async def test_failed_and_cancelled_runs_are_listed_and_leave_the_list_on_replay(api: Api) -> None:
+    """Failed and cancelled runs are listed through their own index (a generated column)."""
+    await api.register("att", [{"name": "s"}])
+    ok, bad, gone, waiting = [(await api.trigger("att"))["id"] for _ in range(4)]
+    await api.json("POST", f"/runs/{gone}/cancel", 202)
+    w = await api.worker(["att.s"])
+    tasks = {t["run_id"]: t for t in await api.poll(w)}
+    assert set(tasks) == {ok, bad, waiting}
+    await api.complete(tasks[ok], 1)
+    await api.fail(tasks[bad], retryable=False)
+
+    async def listed(status: str) -> set[str]:
+        return {r["id"] for r in (await api.json("GET", f"/runs?status={status}"))["runs"]}
+
+    assert await listed("failed") == {bad}
+    assert await listed("cancelled") == {gone}
+    assert await listed("succeeded") == {ok}
+    assert await listed("running") == {waiting}
+    await api.json("POST", f"/runs/{bad}/replay", 202)
+    assert await listed("failed") == set()
+    assert bad in await listed("queued") | await listed("running")
+
+
+async def test_a_runs_completion_is_a_hot_update(api: Api) -> None:
+    """No index covers what a run's completion changes: its row is rewritten on its page,
+    with no new index entries (a HOT update)."""
+    await api.register("hot", [{"name": "s"}])
+    await api.json("POST", "/workflows/hot/runs/bulk", 201, json={"runs": [{}] * 20})
+    w = await api.worker(["hot.s"], slots=20)
+    tasks = await api.poll(w, max_tasks=20)
+    items = [(t["step_run_id"], t["lease_token"], "null") for t in tasks]
+
+    async def complete(conn: Conn) -> tuple[int, int]:
+        refused = await leases.complete_many(conn, DEFAULT_TENANT_ID, items, effects=Effects())
+        assert refused == [None] * 20
+        row = (
+            await conn.execute(
+                "SELECT pg_stat_get_xact_tuples_updated(CAST('runs' AS regclass)),"
+                " pg_stat_get_xact_tuples_hot_updated(CAST('runs' AS regclass))"
+            )
+        ).one()
+        return int(row[0]), int(row[1])
+
+    updated, hot = await api.svc.db.transaction(complete)
+    assert updated == 20 and hot == 20, (updated, hot)
+    assert {r["status"] for r in (await api.json("GET", "/runs?workflow=hot"))["runs"]} == {
+        "succeeded"
     }
