@@ -166,6 +166,11 @@ class CairnBench:
             self.server.url, {wf.name: wf.definition() for wf in cairn_worker.WORKFLOWS}
         )
 
+    async def reset(self) -> None:
+        """A new empty database and a server on it, as ``setup`` leaves them."""
+        self.server.stop()
+        await self.setup()
+
     async def drain(self) -> dict[str, Any]:
         n = self.opts.runs
         trig = await trigger.trigger_many(

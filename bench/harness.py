@@ -34,6 +34,20 @@ class QueueSystem:
     note: str = ""
 
 
+def median_sample(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sample with the median runs/s (the lower middle of an even count), carrying every
+    sample's runs/s as ``samples_runs_per_s``; the first error when no sample succeeded."""
+    ok = sorted(
+        (x for x in samples if "error" not in x and x.get("runs_per_s")),
+        key=lambda x: float(x["runs_per_s"]),
+    )
+    if not ok:
+        return samples[0]
+    chosen = dict(ok[(len(ok) - 1) // 2])
+    chosen["samples_runs_per_s"] = [x.get("runs_per_s") for x in samples]
+    return chosen
+
+
 async def run_system(
     system: QueueSystem, pg: Pg, n: int, workers: int, workdir: Path, sampler: procs.RssSampler
 ) -> dict[str, Any]:

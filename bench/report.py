@@ -61,7 +61,7 @@ def table(results: dict[str, Any]) -> str:
     rows: list[list[str]] = [
         ["system", "drain runs/s", "x cairn", "enqueue/s", "xacts/job", "worker RSS MB", "note"]
     ]
-    cairn_note = f"trigger via {drain.get('trigger_path', '?')}"
+    cairn_note = f"trigger via {drain.get('trigger_path', '?')}" + _spread(drain)
     if "error" in drain:
         cairn_note = drain["error"]
     rows.append(
@@ -88,7 +88,7 @@ def table(results: dict[str, Any]) -> str:
                 _num(s.get("enqueue_per_s")),
                 _num(s.get("xacts_per_step"), 2),
                 _num(s.get("worker_peak_rss_mb")),
-                s.get("note", "")[:70],
+                (s.get("note", "")[:70] + _spread(s)).strip("; "),
             ]
         )
     lines = [_render(rows)]
@@ -99,6 +99,14 @@ def table(results: dict[str, Any]) -> str:
     for k, v in targets(results).items():
         lines.append(f"  {k:<34} {_num(v, 3) if isinstance(v, float) else _num(v)}")
     return "\n".join(lines)
+
+
+def _spread(d: dict[str, Any]) -> str:
+    """ "; median of 3: 6,431-7,637" when the figure is the median of several drains."""
+    samples = [x for x in d.get("samples_runs_per_s") or [] if x]
+    if len(samples) < 2:
+        return ""
+    return f"; median of {len(samples)}: {_num(min(samples))}-{_num(max(samples))}"
 
 
 def _cairn_details(cairn: dict[str, Any]) -> str:
