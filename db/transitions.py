@@ -56,14 +56,24 @@ async def notify(conn: Conn, effects: Effects) -> None:
         await conn.execute(Q.NOTIFY, {"payload": f"{tenant}:{action}"})
 
 
+def _queued(effects: Effects, tenant: str, action: str) -> None:
+    """A step run became queued: count it and wake the long-polls for its action."""
+    effects.notify.add((tenant, action))
+    effects.step_statuses["queued"] += 1
+
+
+def _settled(effects: Effects, status: str) -> None:
+    if status in ("succeeded", "failed"):
+        effects.run_statuses[status] += 1
+
+
 async def promote_children(
     conn: Conn, run_ids: list[str], effects: Effects, now: datetime | None
 ) -> None:
     """Queue the pending steps of these runs whose parents have all succeeded."""
     rows = await conn.execute(Q.PROMOTE_READY, {"runs": run_ids, "now": now})
     for tenant, action in rows:
-        effects.notify.add((str(tenant), action))
-        effects.step_statuses["queued"] += 1
+        _queued(effects, str(tenant), action)
 
 
 async def settle_runs(
@@ -71,8 +81,7 @@ async def settle_runs(
 ) -> None:
     """Finish the runs with no open step left; mark the others running."""
     for row in await conn.execute(Q.SETTLE_RUNS, {"runs": run_ids, "now": now}):
-        if row.status in ("succeeded", "failed"):
-            effects.run_statuses[row.status] += 1
+        _settled(effects, row.status)
 
 
 async def settle_run(conn: Conn, run_id: str, effects: Effects, now: datetime | None) -> None:
@@ -85,10 +94,9 @@ async def after_success(
     """Steps of these runs succeeded: queue what became ready, settle what is done."""
     for kind, a, b in await conn.execute(Q.SUCCEED_RUNS, {"runs": run_ids, "now": now}):
         if kind == "queued":
-            effects.notify.add((a, b))
-            effects.step_statuses["queued"] += 1
-        elif b in ("succeeded", "failed"):
-            effects.run_statuses[b] += 1
+            _queued(effects, a, b)  # a tenant, b action
+        else:
+            _settled(effects, b)  # b the run's status
 
 
 async def after_permanent_failure(
