@@ -28,6 +28,10 @@ log = logging.getLogger("cairn.worker")
 
 SEND_ONE_BY_ONE = "send_one_by_one"  # the batch was refused as a whole (e.g. one item too big)
 
+# Called once per result, on the loop: with the server's verdict, or with the error that kept
+# the result from being reported.
+Verdict = Callable[["dict[str, Any] | Exception"], None]
+
 
 @dataclass
 class _Item:
@@ -35,12 +39,21 @@ class _Item:
     lease_token: str
     outcome: Outcome
     give_up: Callable[[], bool]
-    done: asyncio.Future[dict[str, Any]] = field(repr=False)
+    on_verdict: Verdict = field(repr=False)
     carry: bool = True  # may ride on a poll (cleared after a poll carrying it failed)
+    settled: bool = False
 
     def encode(self) -> bytes:
         head = b'{"step_run_id":' + json.dumps(self.step_run_id).encode() + b","
         return head + self.outcome.with_lease(self.lease_token)[1:]
+
+    def settle(self, verdict: dict[str, Any] | Exception) -> None:
+        if not self.settled:
+            self.settled = True
+            try:
+                self.on_verdict(verdict)
+            except Exception:  # a callback's bug must not keep the other verdicts back
+                log.exception("result verdict callback failed")
 
 
 class Reporter:
@@ -70,9 +83,29 @@ class Reporter:
         Raises HTTPError when the server could not be reached in time.
         """
         done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(step_run_id, lease_token, outcome, give_up, done))
-        self._wake.set()
+
+        def on_verdict(verdict: dict[str, Any] | Exception) -> None:
+            if done.done():
+                return
+            if isinstance(verdict, Exception):
+                done.set_exception(verdict)
+            else:
+                done.set_result(verdict)
+
+        self.add(step_run_id, lease_token, outcome, give_up, on_verdict)
         return await done
+
+    def add(
+        self,
+        step_run_id: str,
+        lease_token: str,
+        outcome: Outcome,
+        give_up: Callable[[], bool],
+        on_verdict: Verdict,
+    ) -> None:
+        """Queue a result; ``on_verdict`` gets what ``report`` would return or raise."""
+        self._queue.append(_Item(step_run_id, lease_token, outcome, give_up, on_verdict))
+        self._wake.set()
 
     def hold(self) -> None:
         """The poll loop is about to poll: leave queued results for it to carry."""
@@ -138,16 +171,15 @@ class Reporter:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        for item in self._queue:
-            if not item.done.done():
-                item.done.set_exception(HTTPError("worker stopped before reporting"))
-        self._queue.clear()
+        queue, self._queue = self._queue, []
+        for item in queue:
+            item.settle(HTTPError("worker stopped before reporting"))
 
     async def _send(self, batch: list[_Item]) -> None:
         live = [i for i in batch if not i.give_up()]
         for item in batch:
-            if item.give_up() and not item.done.done():
-                item.done.set_result({"status": "dropped"})
+            if item.give_up():
+                item.settle({"status": "dropped"})
         if not live:
             return
         try:
@@ -180,10 +212,8 @@ class Reporter:
 
 
 def _resolve(item: _Item, result: dict[str, Any]) -> None:
-    if not item.done.done():
-        item.done.set_result(result)
+    item.settle(result)
 
 
 def _fail(item: _Item, exc: Exception) -> None:
-    if not item.done.done():
-        item.done.set_exception(exc)
+    item.settle(exc)

@@ -2,9 +2,10 @@
 
 Like ``loop.run_in_executor`` on a ``ThreadPoolExecutor``, without its per-call costs that a
 busy worker feels: no ``concurrent.futures.Future`` chained to an asyncio one, and one loop
-wake-up for all the results that finished since the last one, not one per step. Threads start
-on demand up to ``size`` and are daemon threads: a step abandoned at shutdown cannot keep the
-process alive (Python cannot stop a thread; its result is dropped).
+wake-up for all the results that finished since the last one, not one per step. ``submit``
+hands each result to a callback on the loop (no future at all); ``call`` returns a future.
+Threads start on demand up to ``size`` and are daemon threads: a step abandoned at shutdown
+cannot keep the process alive (Python cannot stop a thread; its result is dropped).
 
 Threads are woken one at a time: a call wakes an idle thread only when no thread is already on
 its way to the queue, and a thread that takes a job wakes the next one if jobs are left. Every
@@ -18,13 +19,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("cairn.worker")
 
-_Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+# Called on the event loop with (result, None) or (None, exception).
+Done = Callable[[Any, "BaseException | None"], None]
+_Job = tuple[Done, Callable[..., Any], tuple[Any, ...]]
 
 
 class StepThreads:
@@ -39,7 +44,7 @@ class StepThreads:
         self._waking = 0  # threads woken (or started) that have not taken a job yet
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()  # guards _done
-        self._done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        self._done: list[tuple[Done, Any, BaseException | None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -49,16 +54,29 @@ class StepThreads:
 
     def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run ``fn(*args)`` on a pool thread; await the returned future for its result."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            if future.cancelled():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        self.submit(done, fn, *args)
+        return future
+
+    def submit(self, done: Done, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on a pool thread, then ``done(result, exc)`` on the running loop."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
         with self._cond:
             if self._closed:
                 raise RuntimeError("step threads are shut down")
             self._loop = loop
-            self._jobs.append((future, fn, args))
+            self._jobs.append((done, fn, args))
             if self._waking == 0:
                 self._wake_one()
-        return future
 
     def shutdown(self) -> None:
         """Idle threads exit; busy ones exit after their step (whose result is dropped)."""
@@ -103,19 +121,15 @@ class StepThreads:
                     waking = False
                 if self._jobs and self._waking == 0:
                     self._wake_one()  # more to do: pass the wake-up on
-            future, fn, args = job
+            done, fn, args = job
             try:
-                item: tuple[asyncio.Future[Any], Any, BaseException | None] = (
-                    future,
-                    fn(*args),
-                    None,
-                )
-            except BaseException as exc:  # handed to the awaiting coroutine
-                item = (future, None, exc)
-            del job, future, fn, args
+                item: tuple[Done, Any, BaseException | None] = (done, fn(*args), None)
+            except BaseException as exc:  # handed to the callback
+                item = (done, None, exc)
+            del job, done, fn, args
             self._finish(item)
 
-    def _finish(self, item: tuple[asyncio.Future[Any], Any, BaseException | None]) -> None:
+    def _finish(self, item: tuple[Done, Any, BaseException | None]) -> None:
         with self._lock:
             self._done.append(item)
             first = len(self._done) == 1
@@ -126,11 +140,9 @@ class StepThreads:
 
     def _deliver(self) -> None:
         with self._lock:
-            done, self._done = self._done, []
-        for future, result, exc in done:
-            if future.cancelled():
-                continue
-            if exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+            finished, self._done = self._done, []
+        for done, result, exc in finished:
+            try:
+                done(result, exc)
+            except Exception:  # a callback's bug must not lose the other results
+                log.exception("step result callback failed")

@@ -22,7 +22,7 @@ from worker_sdk import calls, outcome
 from worker_sdk.client import build_headers, resolve_url
 from worker_sdk.context import Context, Task, step_log_enabled
 from worker_sdk.errors import APIError, CairnError, HTTPError
-from worker_sdk.execution import action_table, run_step
+from worker_sdk.execution import action_table, call_sync, run_step
 from worker_sdk.heartbeat import Heartbeater, Registration
 from worker_sdk.outcome import Outcome
 from worker_sdk.reporter import SEND_ONE_BY_ONE, Reporter
@@ -40,13 +40,25 @@ MAX_CARRIED = 500  # results one poll carries at most (the server's default limi
 _TASKS: TypeAdapter[list[Task]] = TypeAdapter(list[Task])
 
 
-@dataclass
+@dataclass(eq=False)
 class _Held:
     task: Task
     ctx: Context
     spec: StepSpec | None
-    future: asyncio.Task[None] | None = None
+    worker: Worker
+    future: asyncio.Task[None] | None = None  # an async step's task, or a one-by-one report's
+    ended: bool = False  # the step function returned or raised: its slot is free
     dropped: bool = False  # cancelled/lost/shutdown: never report
+
+    def gave_up(self) -> bool:
+        return self.dropped
+
+    def ran(self, result: Outcome | None, exc: BaseException | None) -> None:
+        """A sync step's thread is done (on the loop)."""
+        if exc is not None:  # call_sync never raises; keep the slot accounting right anyway
+            result = outcome.from_exception(exc)
+        assert result is not None
+        self.worker._finished(self, result)
 
 
 class Worker:
@@ -91,6 +103,7 @@ class Worker:
         self._stop_event: asyncio.Event | None = None
         self._force_event: asyncio.Event | None = None
         self._slot_freed: asyncio.Event | None = None
+        self._all_forgotten: asyncio.Event | None = None  # set when nothing is held any more
         self._threads: StepThreads | None = None
         self._ahttp: httpx.AsyncClient | None = None
         self._reporter: Reporter | None = None
@@ -150,6 +163,7 @@ class Worker:
         self._stop_event = asyncio.Event()
         self._force_event = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._all_forgotten = asyncio.Event()
         self._signal_stop()  # stop() may have been called before we started
         control = httpx.Client(
             base_url=self.url, headers=self._headers, timeout=30.0, transport=self._transport
@@ -228,30 +242,31 @@ class Worker:
             raise failure
 
     async def _drain(self) -> None:
-        """Let running steps finish (and report) within the grace period; cancel the rest."""
-        assert self._force_event is not None
-        running = {h.future for h in self._all_held() if h.future is not None}
-        if running:
-            log.info("waiting up to %.3gs for %d step(s)", self.shutdown_grace_s, len(running))
+        """Let running steps finish (and report) within the grace period; drop the rest."""
+        assert self._force_event is not None and self._all_forgotten is not None
+        if pending := len(self._all_held()):
+            log.info("waiting up to %.3gs for %d step(s)", self.shutdown_grace_s, pending)
         deadline = time.monotonic() + self.shutdown_grace_s
         force = asyncio.create_task(self._force_event.wait())
         try:
-            while running and not self._force_event.is_set():
+            while not self._force_event.is_set():
+                self._all_forgotten.clear()
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if not self._all_held() or remaining <= 0:
                     break
+                waiter = asyncio.create_task(self._all_forgotten.wait())
                 await asyncio.wait(
-                    {*running, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    {waiter, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
-                running = {f for f in running if not f.done()}
+                waiter.cancel()
         finally:
             force.cancel()
-        leftovers = [h for h in self._all_held() if h.future is not None and not h.future.done()]
+        leftovers = self._all_held()
         for held in leftovers:
             log.warning("abandoning step run %s at shutdown", held.task.step_run_id)
             self._drop(held, "shutdown")
-            assert held.future is not None
-            held.future.cancel()
+            if held.future is not None:
+                held.future.cancel()
         await asyncio.gather(*(h.future for h in leftovers if h.future), return_exceptions=True)
 
     # ----------------------------------------------------------------- polling
@@ -363,70 +378,111 @@ class Worker:
     def _start(self, task: Task) -> None:
         wf_spec = self._actions.get(task.action)
         resolve = wf_spec[0].step_name if wf_spec else None
-        held = _Held(task, Context(task, resolve_step=resolve), wf_spec[1] if wf_spec else None)
+        spec = wf_spec[1] if wf_spec else None
+        held = _Held(task, Context(task, resolve_step=resolve), spec, self)
         with self._lock:
             self._held[task.step_run_id] = held
         self._running += 1
-        held.future = asyncio.create_task(self._execute(held), name=f"cairn-{task.step_run_id}")
-
-    async def _execute(self, held: _Held) -> None:
-        finished = False
-
-        def free_slot() -> None:  # the slot is free once the step has finished, reported or not
-            nonlocal finished
-            if not finished:
-                finished = True
-                self._running -= 1
-                if self._slot_freed is not None:
-                    self._slot_freed.set()
-
-        try:
-            result = await self._run_step(held)
-            free_slot()
-            if held.dropped:
-                held.ctx.log.info("result dropped (%s)", held.ctx.cancel_reason)
-                return
-            await self._report(held, result)  # heartbeats keep the lease until it is answered
-        finally:
-            with self._lock:
-                self._held.pop(held.task.step_run_id, None)
-            free_slot()
-
-    async def _run_step(self, held: _Held) -> Outcome:
+        if spec is not None and spec.is_async:
+            held.future = asyncio.create_task(
+                self._execute_async(held), name=f"cairn-{task.step_run_id}"
+            )
+            return
+        # A sync step (the common case) costs no task and no future: its thread hands the
+        # outcome to ``_finished`` on the loop.
+        if spec is not None and step_log_enabled(logging.DEBUG):
+            held.ctx.log.debug("starting")
+        if spec is None:
+            msg = f"this worker has no step for action {task.action!r}"
+            self._finished(held, outcome.fail("ActionNotRegistered", msg, retryable=True))
+            return
         assert self._threads is not None
-        return await run_step(held.spec, held.ctx, self._threads, dropped=lambda: held.dropped)
+        self._threads.submit(held.ran, call_sync, spec, held.ctx)
 
-    async def _report(self, held: _Held, result: Outcome) -> None:
+    async def _execute_async(self, held: _Held) -> None:
+        assert self._threads is not None
+        try:
+            result = await run_step(
+                held.spec, held.ctx, self._threads, dropped=lambda: held.dropped
+            )
+        except BaseException:
+            self._ended(held)
+            self._forget(held)
+            raise
+        self._finished(held, result)
+
+    def _ended(self, held: _Held) -> None:
+        """The step function is done: its slot is free, reported or not."""
+        if not held.ended:
+            held.ended = True
+            self._running -= 1
+            if self._slot_freed is not None:
+                self._slot_freed.set()
+
+    def _forget(self, held: _Held) -> None:
+        """Nothing more to do for this step run (reported, refused or dropped)."""
+        with self._lock:
+            if self._held.get(held.task.step_run_id) is held:
+                del self._held[held.task.step_run_id]
+            empty = not self._held
+        if empty and self._all_forgotten is not None:
+            self._all_forgotten.set()
+
+    def _finished(self, held: _Held, result: Outcome) -> None:
+        """On the loop: the step ended with ``result``; queue it for the next report."""
+        self._ended(held)
+        if held.dropped:
+            held.ctx.log.info("result dropped (%s)", held.ctx.cancel_reason)
+            self._forget(held)
+            return
         assert self._reporter is not None
         task = held.task
+        # Heartbeats keep the lease until the report is answered (``_verdict`` forgets it).
+        self._reporter.add(
+            task.step_run_id,
+            task.lease_token,
+            result,
+            held.gave_up,
+            lambda verdict: self._verdict(held, result, verdict),
+        )
+
+    def _verdict(self, held: _Held, result: Outcome, verdict: dict[str, Any] | Exception) -> None:
+        if isinstance(verdict, APIError):
+            held.ctx.log.error("could not report %s: %s", result.kind, verdict)
+        elif isinstance(verdict, Exception):
+            if not held.dropped:
+                held.ctx.log.error(
+                    "could not report %s, the lease will expire: %s", result.kind, verdict
+                )
+        else:
+            status = verdict.get("status")
+            if status == SEND_ONE_BY_ONE:
+                held.future = asyncio.create_task(self._report_single_then_forget(held, result))
+                return
+            if (
+                status == "rejected"
+                and verdict.get("code") == "already_finished"
+                and (verdict.get("conflicting") is False)
+            ):
+                held.ctx.log.info("%s was already reported", result.kind)  # a resend after a cut
+            elif status == "rejected":
+                held.ctx.log.warning(
+                    "%s not accepted, dropped: %s (%s)",
+                    result.kind,
+                    verdict.get("code"),
+                    verdict.get("detail"),
+                )
+            elif status != "dropped" and step_log_enabled(logging.INFO):
+                held.ctx.log.info(
+                    "%s reported", "success" if result.kind == "complete" else "failure"
+                )
+        self._forget(held)
+
+    async def _report_single_then_forget(self, held: _Held, result: Outcome) -> None:
         try:
-            verdict = await self._reporter.report(
-                task.step_run_id, task.lease_token, result, give_up=lambda: held.dropped
-            )
-        except APIError as exc:
-            held.ctx.log.error("could not report %s: %s", result.kind, exc)
-            return
-        except HTTPError as exc:
-            held.ctx.log.error("could not report %s, the lease will expire: %s", result.kind, exc)
-            return
-        status = verdict.get("status")
-        if status == SEND_ONE_BY_ONE:
             await self._report_single(held, result)
-        elif (
-            status == "rejected"
-            and verdict.get("code") == "already_finished"
-            and (verdict.get("conflicting") is False)
-        ):
-            held.ctx.log.info("%s was already reported", result.kind)  # a resend after a cut
-        elif status == "rejected":
-            held.ctx.log.warning(
-                "%s not accepted, dropped: %s (%s)",
-                result.kind,
-                verdict.get("code"),
-                verdict.get("detail"),
-            )
-        elif status != "dropped" and step_log_enabled(logging.INFO):
-            held.ctx.log.info("%s reported", "success" if result.kind == "complete" else "failure")
+        finally:
+            self._forget(held)
 
     async def _report_single(self, held: _Held, result: Outcome) -> None:
         """The one-result endpoints, for when a batch was refused as a whole."""

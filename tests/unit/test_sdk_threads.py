@@ -80,3 +80,37 @@ async def test_shutdown_lets_idle_threads_exit() -> None:
 def test_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
         StepThreads(0)
+
+
+async def test_submit_hands_each_outcome_to_its_callback_on_the_loop() -> None:
+    pool = StepThreads(3)
+    loop_thread = threading.get_ident()
+    got: dict[int, tuple[object, str | None, bool]] = {}
+    all_in = asyncio.Event()
+
+    def done_for(i: int):  # type: ignore[no-untyped-def]
+        def done(result: object, exc: BaseException | None) -> None:
+            got[i] = (
+                result,
+                type(exc).__name__ if exc else None,
+                threading.get_ident() == loop_thread,
+            )
+            if len(got) == 20:
+                all_in.set()
+            if i == 3:
+                raise RuntimeError("a callback's bug")  # logged; the other results still arrive
+
+        return done
+
+    def work(i: int) -> int:
+        if i % 5 == 0:
+            raise ValueError(i)
+        return i * 10
+
+    for i in range(20):
+        pool.submit(done_for(i), work, i)
+    await asyncio.wait_for(all_in.wait(), 5)
+    assert got == {
+        i: ((None, "ValueError", True) if i % 5 == 0 else (i * 10, None, True)) for i in range(20)
+    }
+    pool.shutdown()
