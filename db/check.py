@@ -30,18 +30,20 @@ CHECKS: dict[str, str] = {
         WHERE status IN ('succeeded', 'failed', 'cancelled', 'skipped')
           AND (lease_token IS NOT NULL OR lease_expires_at IS NOT NULL)
     """,
-    "open_attempt_on_finished_step": """
+    # The attempt in progress lives on its running step run; its row is written when it ends.
+    "running_attempt_already_ended": """
         SELECT a.step_run_id::text, a.attempt::text FROM step_attempts a
         JOIN step_runs s ON s.id = a.step_run_id
-        WHERE a.outcome = 'running' AND (s.status <> 'running' OR a.attempt <> s.attempt)
+        WHERE s.status = 'running' AND a.attempt >= s.attempt
     """,
-    # Attempts are numbered 1..attempt with no gap and no duplicate.
+    # Ended attempts are numbered 1..attempt (1..attempt-1 while one runs), no gap, no duplicate.
     "attempt_gaps": """
         SELECT s.id::text, s.attempt || ' vs ' || count(a.id) || ' rows, max ' ||
                COALESCE(max(a.attempt), 0)
         FROM step_runs s LEFT JOIN step_attempts a ON a.step_run_id = s.id
-        GROUP BY s.id, s.attempt
-        HAVING count(a.id) <> s.attempt OR COALESCE(max(a.attempt), 0) <> s.attempt
+        GROUP BY s.id, s.attempt, s.status
+        HAVING count(a.id) <> s.attempt - (s.status = 'running')::int
+            OR COALESCE(max(a.attempt), 0) <> s.attempt - (s.status = 'running')::int
     """,
     # A succeeded step has exactly one succeeded attempt, and it is the last one.
     "succeeded_attempts": """
@@ -86,7 +88,7 @@ CHECKS: dict[str, str] = {
         SELECT r.id::text, 'queued with an ended attempt' FROM runs r
         WHERE r.status = 'queued' AND EXISTS (
           SELECT 1 FROM step_runs s JOIN step_attempts a ON a.step_run_id = s.id
-          WHERE s.run_id = r.id AND a.outcome <> 'running')
+          WHERE s.run_id = r.id)
     """,
 }
 

@@ -72,9 +72,7 @@ async def _deliver_cancellations(
             Q.DELIVER_CANCELLATIONS, {"ids": ids, "worker": worker_id, "now": now}
         )
     ]
-    if told:
-        await conn.execute(Q.CLOSE_CANCELLED_ATTEMPTS, {"ids": told, "now": now})
-        effects.step_statuses["cancelled"] += len(told)
+    effects.step_statuses["cancelled"] += len(told)
     return told
 
 

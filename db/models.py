@@ -244,13 +244,16 @@ step_attempts = Table(
     ),
     Column("attempt", Integer, nullable=False),
     Column("worker_id", UUID(as_uuid=False), nullable=False),
-    Column("lease_token", UUID(as_uuid=False), nullable=False, unique=True),
+    Column("lease_token", UUID(as_uuid=False), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("ended_at", DateTime(timezone=True)),
     Column("outcome", Text, nullable=False),
     Column("error", JSONB),
     CheckConstraint(_in("outcome", ATTEMPT_OUTCOMES), name="outcome_valid"),
     CheckConstraint("(ended_at IS NULL) = (outcome = 'running')", name="ended_iff_done"),
+    # A row is written when its attempt ends (db/queries.py CLOSE_ATTEMPT); the attempt in
+    # progress is its running step run's lease.
+    CheckConstraint("ended_at IS NOT NULL", name="attempt_ended"),
     CheckConstraint("attempt >= 1", name="attempt_positive"),
     UniqueConstraint("step_run_id", "attempt", name="uq_step_attempts_step_attempt"),
 )

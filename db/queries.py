@@ -125,11 +125,17 @@ SELECT id, step_name, action, status, attempt, max_attempts, delivery, is_on_fai
 FROM step_runs WHERE run_id = :run ORDER BY position
 """)
 
+# Ended attempts are rows of step_attempts; the attempt in progress is the running step run's own
+# lease (its row is written when it ends).
 RUN_ATTEMPTS = q("""
 SELECT a.step_run_id, a.attempt, a.worker_id, a.lease_token, a.started_at, a.ended_at, a.outcome,
        a.error
 FROM step_attempts a JOIN step_runs s ON s.id = a.step_run_id
-WHERE s.run_id = :run ORDER BY a.step_run_id, a.attempt
+WHERE s.run_id = :run
+UNION ALL
+SELECT id, attempt, worker_id, lease_token, started_at, NULL, 'running', NULL
+FROM step_runs WHERE run_id = :run AND status = 'running'
+ORDER BY 1, 2
 """)
 
 # --- cancellation and replay ---------------------------------------------------------------------
@@ -253,9 +259,16 @@ SELECT 'queued', tenant_id::text, action FROM promoted
 """
 )
 
-CLOSE_ATTEMPT = q("""
-UPDATE step_attempts SET ended_at = {NOW}, outcome = :outcome, error = CAST(:error AS jsonb)
-WHERE lease_token = :token AND outcome = 'running'
+# The attempt a running step run holds ends: its history row is written from the step run's lease,
+# before the caller changes the step run.
+_ATTEMPT_COLUMNS = (
+    "tenant_id, step_run_id, attempt, worker_id, lease_token, started_at, ended_at, outcome, error"
+)
+CLOSE_ATTEMPT = q(f"""
+INSERT INTO step_attempts ({_ATTEMPT_COLUMNS})
+SELECT tenant_id, id, attempt, worker_id, lease_token, started_at, {{NOW}}, :outcome,
+  CAST(:error AS jsonb)
+FROM step_runs WHERE id = :id AND lease_token = :token
 """)
 
 REQUEUE_STEP = q(f"""
@@ -339,13 +352,8 @@ WITH cand AS (
     lease_expires_at = {NOW} + make_interval(secs => :lease_s),
     timeout_at = {NOW} + make_interval(secs => s.timeout_s), started_at = {NOW}
   WHERE s.id = ANY(ARRAY(SELECT id FROM cand)) AND s.status = 'queued'
-  RETURNING s.id, s.tenant_id, s.run_id, s.step_name, s.action, s.attempt, s.lease_token,
-    s.worker_id, s.started_at, s.parent_outputs, s.timeout_at, s.lease_expires_at, s.delivery,
-    s.available_at
-), hist AS (
-  INSERT INTO step_attempts (tenant_id, step_run_id, attempt, worker_id, lease_token, started_at,
-                             outcome)
-  SELECT tenant_id, id, attempt, worker_id, lease_token, started_at, 'running' FROM claimed
+  RETURNING s.id, s.run_id, s.step_name, s.action, s.attempt, s.lease_token, s.started_at,
+    s.parent_outputs, s.timeout_at, s.lease_expires_at, s.delivery, s.available_at
 )
 SELECT c.id::text AS id, c.run_id::text AS run_id, r.workflow_name, r.version, c.step_name,
   c.action, c.attempt, c.lease_token::text AS lease_token, r.input, c.parent_outputs,
@@ -366,22 +374,24 @@ WHERE id IN (SELECT id FROM step_runs WHERE id = ANY(CAST(:ids AS uuid[])) AND w
 RETURNING id::text
 """)
 
-# Cancellations are delivered by heartbeat or poll; once told, the step run is cancelled and
-# its lease revoked.
+# Cancellations are delivered by heartbeat or poll; once told, the step run is cancelled, its lease
+# revoked and its attempt recorded as cancelled (from the lease as it was).
 DELIVER_CANCELLATIONS = q(f"""
-UPDATE step_runs SET status = 'cancelled', {CLEAR_LEASE}, finished_at = {{NOW}}
-WHERE id IN (SELECT id FROM step_runs WHERE id = ANY(CAST(:ids AS uuid[])) AND worker_id = :worker
-             AND status = 'running' AND cancel_requested_at IS NOT NULL
-             ORDER BY id FOR UPDATE)
-RETURNING id::text, lease_token
-""")
-
-# lease_token is cleared by the update above, so the attempt is closed by step and attempt.
-CLOSE_CANCELLED_ATTEMPTS = q("""
-UPDATE step_attempts a SET ended_at = {NOW}, outcome = 'cancelled'
-FROM step_runs s
-WHERE s.id = ANY(CAST(:ids AS uuid[])) AND a.step_run_id = s.id AND a.attempt = s.attempt
-  AND a.outcome = 'running'
+WITH held AS (
+  SELECT id, tenant_id, attempt, worker_id, lease_token, started_at FROM step_runs
+  WHERE id = ANY(CAST(:ids AS uuid[])) AND worker_id = :worker AND status = 'running'
+    AND cancel_requested_at IS NOT NULL
+  ORDER BY id FOR UPDATE
+), told AS (
+  UPDATE step_runs s SET status = 'cancelled', {CLEAR_LEASE}, finished_at = {{NOW}}
+  FROM held WHERE s.id = held.id
+  RETURNING s.id
+), hist AS (
+  INSERT INTO step_attempts ({_ATTEMPT_COLUMNS})
+  SELECT tenant_id, id, attempt, worker_id, lease_token, started_at, {{NOW}}, 'cancelled', NULL
+  FROM held
+)
+SELECT id::text FROM told
 """)
 
 HEARTBEAT_LEFTOVERS = q("""
@@ -411,10 +421,12 @@ WITH items AS (
     AND (SELECT count(*) FROM locked) >= 0  -- runs locked first (one-time filter)
     AND s.lease_token = i.token AND s.cancel_requested_at IS NULL
     AND s.lease_expires_at > {{NOW}}
-  RETURNING s.id, s.run_id, i.token, EXTRACT(EPOCH FROM ({{NOW}} - s.started_at)) AS duration
+  RETURNING s.id, s.run_id, s.tenant_id, s.attempt, s.worker_id, s.started_at, i.token,
+    EXTRACT(EPOCH FROM ({{NOW}} - s.started_at)) AS duration
 ), hist AS (
-  UPDATE step_attempts a SET ended_at = {{NOW}}, outcome = 'succeeded'
-  WHERE a.lease_token = ANY(ARRAY(SELECT token FROM done)) AND a.outcome = 'running'
+  INSERT INTO step_attempts ({_ATTEMPT_COLUMNS})
+  SELECT tenant_id, id, attempt, worker_id, token, started_at, {{NOW}}, 'succeeded', NULL
+  FROM done
 )
 SELECT id::text AS id, run_id::text AS run_id, duration FROM done
 """)
@@ -433,10 +445,14 @@ WHERE s.id = :id AND s.tenant_id = :tenant AND s.status = 'running' AND s.lease_
 FOR UPDATE OF s
 """)
 
+# The token's attempt: the one in progress (the step run's own lease) or an ended one.
 DIAGNOSE = q("""
 SELECT s.status, s.attempt, s.cancel_requested_at IS NOT NULL AS cancel_requested,
   s.lease_token::text AS current_token,
-  a.attempt AS token_attempt, a.outcome AS token_outcome,
+  CASE WHEN s.lease_token = CAST(:token AS uuid) THEN s.attempt ELSE a.attempt END
+    AS token_attempt,
+  CASE WHEN s.lease_token = CAST(:token AS uuid) THEN 'running' ELSE a.outcome END
+    AS token_outcome,
   (s.output IS NOT NULL AND s.output = CAST(:output AS jsonb)) AS same_output
 FROM step_runs s
 LEFT JOIN step_attempts a ON a.step_run_id = s.id AND a.lease_token = CAST(:token AS uuid)

@@ -38,15 +38,19 @@ def dump_error(error: dict[str, Any] | None) -> str | None:
 
 
 async def close_attempt(
-    conn: Conn,
-    token: str,
-    outcome: str,
-    error: dict[str, Any] | None,
-    now: datetime | None,
+    conn: Conn, step: Any, outcome: str, error: dict[str, Any] | None, now: datetime | None
 ) -> None:
+    """Record how the attempt ``step`` (a running step run: id, lease_token) ended, before the
+    step run itself changes."""
     await conn.execute(
         Q.CLOSE_ATTEMPT,
-        {"token": token, "outcome": outcome, "error": dump_error(error), "now": now},
+        {
+            "id": str(step.id),
+            "token": str(step.lease_token),
+            "outcome": outcome,
+            "error": dump_error(error),
+            "now": now,
+        },
     )
 
 
@@ -143,7 +147,7 @@ async def fail_attempt(
     have had effects the worker did not report (lease loss, timeout): an ``at_most_once`` step is
     then never re-run. Returns the step run's new status.
     """
-    await close_attempt(conn, str(step.lease_token), outcome, error, now)
+    await close_attempt(conn, step, outcome, error, now)
     if step.duration is not None:
         effects.step_durations.append(float(step.duration))
     at_most_once = step.delivery == "at_most_once"
@@ -190,7 +194,7 @@ async def fail_attempt(
 
 async def cancel_running(conn: Conn, step: Any, effects: Effects, now: datetime | None) -> None:
     """Revoke the lease of a running step run whose run was cancelled."""
-    await close_attempt(conn, str(step.lease_token), "cancelled", None, now)
+    await close_attempt(conn, step, "cancelled", None, now)
     await conn.execute(Q.CANCEL_STEP, {"id": step.id, "now": now})
     effects.step_statuses["cancelled"] += 1
     await settle_run(conn, str(step.run_id), effects, now)
@@ -212,7 +216,7 @@ async def release_running(conn: Conn, step: Any, effects: Effects, now: datetime
             now=now,
         )
         return
-    await close_attempt(conn, str(step.lease_token), "released", None, now)
+    await close_attempt(conn, step, "released", None, now)
     await conn.execute(Q.START_RUN, {"run": str(step.run_id), "now": now})
     rows = (
         await conn.execute(

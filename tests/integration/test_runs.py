@@ -107,6 +107,13 @@ async def test_cancel_is_learned_on_poll_too(api: Api) -> None:
     await api.call("POST", f"/runs/{run['id']}/cancel", 202)
     r = await api.json("POST", f"/workers/{w}/poll", json={"max_tasks": 1, "wait_s": 5})
     assert r["cancelled"] == [a["step_run_id"]]
+    [attempt] = (await api.run(run["id"]))["steps"][0]["attempts"]  # written as it was told
+    assert (attempt["outcome"], attempt["lease_token"], attempt["worker_id"]) == (
+        "cancelled",
+        a["lease_token"],
+        w,
+    )
+    assert attempt["ended_at"] is not None
 
 
 async def test_ignoring_cancellation_past_grace_is_counted(api: Api) -> None:

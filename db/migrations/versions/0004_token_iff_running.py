@@ -27,4 +27,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_constraint("ck_step_runs_token_iff_running", "step_runs", type_="check")
+    op.drop_constraint(op.f("ck_step_runs_token_iff_running"), "step_runs", type_="check")
