@@ -69,3 +69,10 @@ class Settings(BaseSettings):
         default=True, description="run migrations at start-up (off when a migration job does it)"
     )
     log_level: str = "info"
+    gc_threshold: int = Field(
+        default=10_000,
+        ge=0,
+        description="after start-up the objects alive are frozen out of the cyclic GC's scans and "
+        "its youngest generation is collected every this many allocations (Python's default is "
+        "700: a busy server paid for collections on every request); 0 leaves the GC alone",
+    )

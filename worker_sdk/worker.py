@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -40,6 +41,16 @@ MAX_CARRIED = 500  # results one poll carries at most (the server's default limi
 _TASKS: TypeAdapter[list[Task]] = TypeAdapter(list[Task])
 
 
+def _tune_gc(threshold: int) -> None:
+    """A busy worker allocates short-lived objects on every step: with Python's default GC
+    threshold (700) collections, some over everything the process holds, ran on most polls.
+    What start-up left alive is frozen out of the scans; the youngest generation is collected
+    every ``threshold`` allocations."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(threshold, *gc.get_threshold()[1:])
+
+
 @dataclass(eq=False)
 class _Held:
     task: Task
@@ -62,7 +73,12 @@ class _Held:
 
 
 class Worker:
-    """Runs the steps of ``workflows``; ``run()`` blocks until SIGTERM/SIGINT or ``stop()``."""
+    """Runs the steps of ``workflows``; ``run()`` blocks until SIGTERM/SIGINT or ``stop()``.
+
+    ``gc_threshold``: once registered, the worker freezes what the process holds out of the
+    cyclic GC's scans and has the youngest generation collected every this many allocations
+    (Python's default is 700); ``None`` leaves the process's GC alone.
+    """
 
     def __init__(
         self,
@@ -77,11 +93,14 @@ class Worker:
         shutdown_grace_s: float = 30.0,
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
+        gc_threshold: int | None = 10_000,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise CairnError("slots must be an integer >= 1")
+        if gc_threshold is not None and (isinstance(gc_threshold, bool) or gc_threshold < 0):
+            raise CairnError("gc_threshold must be an integer >= 0, or None")
         self.workflows = list(workflows)
         self._actions = action_table(self.workflows)
         self.url = resolve_url(url)
@@ -89,6 +108,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.poll_wait_s = poll_wait_s
         self.shutdown_grace_s = shutdown_grace_s
+        self._gc_threshold = gc_threshold
         self._wanted_heartbeat = heartbeat_interval_s
         self._wanted_lease = lease_timeout_s
         self._headers = build_headers(headers, token)
@@ -201,6 +221,8 @@ class Worker:
             if self._stopping():
                 return
             heart.start()
+            if self._gc_threshold:
+                _tune_gc(self._gc_threshold)
             await self._serve()
         finally:
             await self._reporter.close(reporting)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import CheckConstraint, text
 from sqlalchemy.engine import Connection
 
+from api.app import create_app
 from api.openapi import render
+from api.settings import Settings
 from db.models import metadata
 from tests.integration.conftest import Api
 
@@ -86,3 +91,21 @@ def test_openapi_json_is_up_to_date() -> None:
     committed = (ROOT / "openapi.json").read_text()
     assert json.loads(committed) == json.loads(render()), "run `make openapi`"
     assert json.loads(committed)["openapi"].startswith("3.1")
+
+
+async def test_a_started_server_tunes_the_gc_unless_told_not_to(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    seen: dict[int, Any] = {}
+    try:
+        for threshold in (0, 4_321):
+            app = create_app(settings_factory(gc_threshold=threshold))
+            async with app.router.lifespan_context(app):
+                seen[threshold] = (gc.get_threshold(), gc.get_freeze_count() > frozen)
+            gc.unfreeze()
+            gc.set_threshold(*before)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen == {0: (before, False), 4_321: ((4_321, *before[1:]), True)}

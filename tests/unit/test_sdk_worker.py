@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 import threading
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker_sdk import Context, DefinitionError, NonRetryableError, Worker, Workflow
+from worker_sdk import CairnError, Context, DefinitionError, NonRetryableError, Worker, Workflow
 
 
 class FakeServer:
@@ -118,6 +119,7 @@ class FakeServer:
 
 def make_worker(server: FakeServer, workflows: list[Workflow], **kw: Any) -> Worker:
     kw.setdefault("slots", 4)
+    kw.setdefault("gc_threshold", None)  # the test process's GC is left alone
     return Worker(
         "http://cairn",
         workflows=workflows,
@@ -419,3 +421,29 @@ async def test_a_malformed_task_is_skipped_and_the_rest_of_its_poll_runs(
     await asyncio.wait_for(runner, 5)
     assert sorted(sr for sr, _, _ in server.reports) == ["1", "3"]
     assert "ignoring malformed task" in caplog.text
+
+
+async def test_a_running_worker_tunes_the_gc_unless_told_not_to() -> None:
+    wf = Workflow("g")
+    wf.step(name="s")(lambda ctx: None)
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    try:
+        for threshold in (12_345, None):
+            server = FakeServer()
+            worker = make_worker(server, [wf], gc_threshold=threshold)
+            runner = asyncio.create_task(worker.arun())
+            await until(lambda s=server: len(s.polls) >= 1)  # type: ignore[misc]
+            if threshold is None:
+                assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+            else:
+                assert gc.get_threshold() == (threshold, *before[1:])
+                assert gc.get_freeze_count() > frozen
+            worker.stop()
+            await asyncio.wait_for(runner, 5)
+            gc.unfreeze()
+            gc.set_threshold(*before)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    with pytest.raises(CairnError):
+        Worker("http://x", workflows=[wf], gc_threshold=-1)
