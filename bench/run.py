@@ -70,31 +70,32 @@ def peer_systems(selected: set[str], slots: int) -> list[QueueSystem]:
     return out
 
 
+def cairn_options(args: argparse.Namespace, workdir: Path) -> Options:
+    return Options(
+        runs=args.runs,
+        dag_runs=dag_runs(args),
+        workers=args.workers,
+        light_rate=args.light_rate,
+        latency_s=args.latency_seconds,
+        server_workers=args.server_workers,
+        allow_bulk=not args.no_bulk,
+        workdir=workdir,
+    )
+
+
 async def run_cairn(
-    pg: Pg, args: argparse.Namespace, selected: set[str], workdir: Path, sampler: procs.RssSampler
+    pg: Pg,
+    args: argparse.Namespace,
+    selected: set[str],
+    workdir: Path,
+    sampler: procs.RssSampler,
+    bench: CairnBench | None,
+    out: dict[str, Any],
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"worker_slots": cairn_worker.default_slots(), "errors": {}}
+    """Cairn's phases after its drains (taken by ``amain``, interleaved with the peers')."""
     errors: dict[str, str] = out["errors"]
-    if "cairn" in selected:
-        opts = Options(
-            runs=args.runs,
-            dag_runs=dag_runs(args),
-            workers=args.workers,
-            light_rate=args.light_rate,
-            latency_s=args.latency_seconds,
-            server_workers=args.server_workers,
-            allow_bulk=not args.no_bulk,
-            workdir=workdir,
-        )
-        bench = CairnBench(pg, opts, sampler)
+    if bench is not None:
         try:
-            await bench.setup()
-            drains = []
-            for i in range(max(args.repeat, 1)):
-                if i:
-                    await bench.reset()  # each sample drains an empty database, as the peers do
-                drains.append(await _phase(errors, "drain", bench.drain()))
-            out["drain"] = median_sample(drains)
             print(f"  cairn drain: {out['drain'].get('runs_per_s')} runs/s", flush=True)
             out["dag"] = {
                 "chain3": await _phase(errors, "dag chain3", bench.dag("bench_chain")),
@@ -121,6 +122,52 @@ async def run_cairn(
             run_depth(pg, sizes, args.depth_samples, workdir, args.server_workers),
         )
     return out
+
+
+async def drains(
+    pg: Pg,
+    args: argparse.Namespace,
+    selected: set[str],
+    workdir: Path,
+    sampler: procs.RssSampler,
+    results: dict[str, Any],
+) -> tuple[CairnBench | None, dict[str, Any]]:
+    """Every system's drain samples, interleaved: each round drains every system once (from an
+    empty database), so a machine whose speed drifts during the run moves every system's
+    samples alike and the ratios of the medians hold."""
+    systems = peer_systems(selected, cairn_worker.default_slots())
+    samples: dict[str, list[dict[str, Any]]] = {s.key: [] for s in systems}
+    cairn: dict[str, Any] = {"worker_slots": cairn_worker.default_slots(), "errors": {}}
+    cairn_samples: list[dict[str, Any]] = []
+    bench: CairnBench | None = None
+    if "cairn" in selected:
+        bench = CairnBench(pg, cairn_options(args, workdir), sampler)
+        try:
+            await bench.setup()
+        except Exception as exc:
+            traceback.print_exc()
+            cairn["errors"]["setup"] = f"{type(exc).__name__}: {exc}"
+            bench.close()
+            bench = None
+    rounds = max(args.repeat, 1)
+    for i in range(rounds):
+        for system in systems:
+            print(f"bench: {system.label} (sample {i + 1}/{rounds}) ...", flush=True)
+            r = await run_system(system, pg, args.runs, args.workers, workdir, sampler)
+            samples[system.key].append(r)
+            print(f"  {r.get('runs_per_s', r.get('error'))} runs/s", flush=True)
+        if bench is not None:
+            print(f"bench: cairn (sample {i + 1}/{rounds}) ...", flush=True)
+            if i:
+                await bench.reset()  # each sample drains an empty database, as the peers do
+            sample = await _phase(cairn["errors"], "drain", bench.drain())
+            cairn_samples.append(sample)
+            print(f"  {sample.get('runs_per_s', sample.get('error'))} runs/s", flush=True)
+    for system in systems:
+        results["systems"][system.key] = median_sample(samples[system.key])
+    if bench is not None:
+        cairn["drain"] = median_sample(cairn_samples)
+    return bench, cairn
 
 
 async def _phase(errors: dict[str, str], name: str, coro: Any) -> dict[str, Any]:
@@ -168,20 +215,10 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.workers} worker processes per system",
             flush=True,
         )
-        slots = cairn_worker.default_slots()
-        for system in peer_systems(selected, slots):
-            print(f"bench: {system.label} ...", flush=True)
-            r = median_sample(
-                [
-                    await run_system(system, pg, args.runs, args.workers, workdir, sampler)
-                    for _ in range(max(args.repeat, 1))
-                ]
-            )
-            results["systems"][system.key] = r
-            print(f"  {r.get('runs_per_s', r.get('error'))} runs/s", flush=True)
+        bench, cairn = await drains(pg, args, selected, workdir, sampler, results)
         if selected & {"cairn", "depth"}:
             print("bench: cairn ...", flush=True)
-            results["cairn"] = await run_cairn(pg, args, selected, workdir, sampler)
+            results["cairn"] = await run_cairn(pg, args, selected, workdir, sampler, bench, cairn)
     finally:
         sampler.close()
         pg.stop(keep_log=workdir / "postgres.log")
