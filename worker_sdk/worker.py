@@ -19,14 +19,14 @@ from typing import Any
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from worker_sdk import calls, outcome
+from worker_sdk import calls, outcome, verdicts
 from worker_sdk.client import build_headers, resolve_url
 from worker_sdk.context import Context, Task, step_log_enabled
 from worker_sdk.errors import APIError, CairnError, HTTPError
 from worker_sdk.execution import action_table, call_sync, run_step
 from worker_sdk.heartbeat import Heartbeater, Registration
 from worker_sdk.outcome import Outcome
-from worker_sdk.reporter import SEND_ONE_BY_ONE, Reporter
+from worker_sdk.reporter import Reporter
 from worker_sdk.threads import StepThreads
 from worker_sdk.transport import RetryPolicy, asend, send
 from worker_sdk.workflow import StepSpec, Workflow
@@ -469,69 +469,23 @@ class Worker:
         )
 
     def _verdict(self, held: _Held, result: Outcome, verdict: dict[str, Any] | Exception) -> None:
-        if isinstance(verdict, APIError):
-            held.ctx.log.error("could not report %s: %s", result.kind, verdict)
-        elif isinstance(verdict, Exception):
-            if not held.dropped:
-                held.ctx.log.error(
-                    "could not report %s, the lease will expire: %s", result.kind, verdict
-                )
-        else:
-            status = verdict.get("status")
-            if status == SEND_ONE_BY_ONE:
-                held.future = asyncio.create_task(self._report_single_then_forget(held, result))
-                return
-            if (
-                status == "rejected"
-                and verdict.get("code") == "already_finished"
-                and (verdict.get("conflicting") is False)
-            ):
-                held.ctx.log.info("%s was already reported", result.kind)  # a resend after a cut
-            elif status == "rejected":
-                held.ctx.log.warning(
-                    "%s not accepted, dropped: %s (%s)",
-                    result.kind,
-                    verdict.get("code"),
-                    verdict.get("detail"),
-                )
-            elif status != "dropped" and step_log_enabled(logging.INFO):
-                held.ctx.log.info(
-                    "%s reported", "success" if result.kind == "complete" else "failure"
-                )
-        self._forget(held)
+        if verdicts.settled(verdict, result.kind, held.ctx, held.dropped):
+            self._forget(held)
+        else:  # the batch was refused as a whole: this result goes alone
+            held.future = asyncio.create_task(self._send_alone(held, result))
 
-    async def _report_single_then_forget(self, held: _Held, result: Outcome) -> None:
+    async def _send_alone(self, held: _Held, result: Outcome) -> None:
+        assert self._ahttp is not None and self.registration is not None
         try:
-            await self._report_single(held, result)
+            await verdicts.send_alone(
+                self._ahttp,
+                held.ctx,
+                result,
+                deadline_s=self.registration.lease_timeout_s,
+                give_up=held.gave_up,
+            )
         finally:
             self._forget(held)
-
-    async def _report_single(self, held: _Held, result: Outcome) -> None:
-        """The one-result endpoints, for when a batch was refused as a whole."""
-        assert self._ahttp is not None and self.registration is not None
-        task = held.task
-        try:
-            await asend(
-                self._ahttp,
-                calls.report(task.step_run_id, task.lease_token, result),
-                timeout=30.0,
-                policy=RetryPolicy(deadline_s=self.registration.lease_timeout_s, max_delay_s=5.0),
-                give_up=lambda: held.dropped,
-            )
-        except APIError as exc:
-            if exc.status == 409:
-                held.ctx.log.warning("%s not accepted, dropped: %s", result.kind, exc)
-            elif exc.status in (413, 422) and result.kind == "complete":
-                held.ctx.log.error("server rejected the step output: %s", exc)
-                rejected = outcome.fail("OutputRejected", str(exc), retryable=False)
-                await self._report_single(held, rejected)
-            else:
-                held.ctx.log.error("could not report %s: %s", result.kind, exc)
-            return
-        except HTTPError as exc:
-            held.ctx.log.error("could not report %s, the lease will expire: %s", result.kind, exc)
-            return
-        held.ctx.log.info("%s reported", "success" if result.kind == "complete" else "failure")
 
     # ----------------------------------------------------------------- cancellation
     def _held_ids(self) -> list[str]:
