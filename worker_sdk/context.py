@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from types import MappingProxyType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from worker_sdk.errors import LeaseLostError, ParentNotFoundError
 
@@ -42,6 +42,24 @@ class Task(BaseModel):
     timeout_at: str | None = None
     lease_expires_at: str | None = None
     delivery: str = "at_least_once"
+
+
+_TASKS: TypeAdapter[list[Task]] = TypeAdapter(list[Task])
+
+
+def parse_tasks(raw: list[Any], log: logging.Logger) -> list[Task]:
+    """The well-formed tasks of a poll answer (all at once; one by one when any is not)."""
+    try:
+        return _TASKS.validate_python(raw)
+    except ValidationError:
+        pass
+    tasks: list[Task] = []
+    for item in raw:
+        try:
+            tasks.append(Task.model_validate(item))
+        except ValidationError as exc:
+            log.error("ignoring malformed task %r: %s", item, exc)
+    return tasks
 
 
 class _StepLogAdapter(logging.LoggerAdapter[logging.Logger]):

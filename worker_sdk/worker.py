@@ -17,11 +17,10 @@ from types import FrameType
 from typing import Any
 
 import httpx
-from pydantic import TypeAdapter, ValidationError
 
 from worker_sdk import calls, outcome, verdicts
 from worker_sdk.client import build_headers, resolve_url
-from worker_sdk.context import Context, Task, step_log_enabled
+from worker_sdk.context import Context, Task, parse_tasks, step_log_enabled
 from worker_sdk.errors import APIError, CairnError, HTTPError
 from worker_sdk.execution import action_table, call_sync, run_step
 from worker_sdk.heartbeat import Heartbeater, Registration
@@ -37,8 +36,6 @@ POLL_HTTP_MARGIN_S = 10.0
 MIN_EMPTY_POLL_S = 0.1  # never re-poll faster than this after an empty answer
 POLL_LINGER_S = 0.005  # when busy, wait this long for more slots to free before polling
 MAX_CARRIED = 500  # results one poll carries at most (the server's default limit is 1,000)
-
-_TASKS: TypeAdapter[list[Task]] = TypeAdapter(list[Task])
 
 
 def _tune_gc(threshold: int) -> None:
@@ -344,7 +341,7 @@ class Worker:
             tasks = body.get("tasks") or []
             if len(tasks) > free:
                 log.warning("server sent %d tasks for %d free slot(s)", len(tasks), free)
-            for task in self._validate(tasks):
+            for task in parse_tasks(tasks, log):
                 self._start(task)
             if tasks:
                 # Let the new steps reach their threads before the next poll is built.
@@ -382,21 +379,6 @@ class Worker:
             await asyncio.wait_for(self._stop_event.wait(), timeout=delay)
 
     # ----------------------------------------------------------------- running steps
-    @staticmethod
-    def _validate(raw: list[Any]) -> list[Task]:
-        """The well-formed tasks of a poll answer (all at once; one by one when any is not)."""
-        try:
-            return _TASKS.validate_python(raw)
-        except ValidationError:
-            pass
-        tasks: list[Task] = []
-        for item in raw:
-            try:
-                tasks.append(Task.model_validate(item))
-            except ValidationError as exc:
-                log.error("ignoring malformed task %r: %s", item, exc)
-        return tasks
-
     def _start(self, task: Task) -> None:
         wf_spec = self._actions.get(task.action)
         resolve = wf_spec[0].step_name if wf_spec else None
