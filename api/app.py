@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +26,7 @@ from db import reaper
 from db.embedded import EmbeddedPostgres
 from db.engine import Database, at_head, create_engine, migrate
 from db.types import Effects
+from worker_sdk.gc_tuning import tune_gc  # the SDK is the base install: one tuning for both
 
 log = logging.getLogger("cairn.api")
 
@@ -103,16 +103,6 @@ async def _reaper_loop(svc: Service) -> None:
         except Exception as err:
             log.warning("reaper tick failed: %s", err)
         await asyncio.sleep(s.reaper_interval_s)
-
-
-def tune_gc(threshold: int) -> None:
-    """Freeze what start-up left alive out of the cyclic GC's scans (it lives as long as the
-    process), and collect the youngest generation every ``threshold`` allocations: each request
-    allocates thousands of short-lived objects, and with Python's default (700) a collection,
-    sometimes a full one, ran on most requests."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(threshold, *gc.get_threshold()[1:])
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

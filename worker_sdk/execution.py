@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Iterable
 
 from worker_sdk import outcome
-from worker_sdk.context import Context, step_log_enabled
+from worker_sdk.context import Context
 from worker_sdk.errors import DefinitionError
 from worker_sdk.outcome import Outcome
-from worker_sdk.threads import StepThreads
 from worker_sdk.workflow import StepSpec, Workflow
 
 
@@ -45,21 +43,18 @@ def action_table(workflows: Iterable[Workflow]) -> dict[str, tuple[Workflow, Ste
     return table
 
 
-async def run_step(
-    spec: StepSpec | None,
-    ctx: Context,
-    threads: StepThreads,
-    *,
-    dropped: Callable[[], bool] = lambda: False,
+def unregistered(action: str) -> Outcome:
+    """The outcome of a task whose action this worker has no step for."""
+    return outcome.fail(
+        "ActionNotRegistered", f"this worker has no step for action {action!r}", retryable=True
+    )
+
+
+async def run_async_step(
+    spec: StepSpec, ctx: Context, *, dropped: Callable[[], bool] = lambda: False
 ) -> Outcome:
-    """Run the step and classify how it ended. Re-raises only our own cancellation."""
-    if spec is None:
-        msg = f"this worker has no step for action {ctx.action!r}"
-        return outcome.fail("ActionNotRegistered", msg, retryable=True)
-    if step_log_enabled(logging.DEBUG):
-        ctx.log.debug("starting")
-    if not spec.is_async:
-        return await threads.call(call_sync, spec, ctx)
+    """Run an async step on the loop and classify how it ended (sync steps: ``call_sync`` on
+    the step threads). Re-raises only our own cancellation."""
     try:
         value = await spec.fn(ctx)
     except asyncio.CancelledError as exc:

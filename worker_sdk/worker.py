@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -22,7 +21,8 @@ from worker_sdk import calls, outcome, verdicts
 from worker_sdk.client import build_headers, resolve_url
 from worker_sdk.context import Context, Task, parse_tasks, step_log_enabled
 from worker_sdk.errors import APIError, CairnError, HTTPError
-from worker_sdk.execution import action_table, call_sync, run_step
+from worker_sdk.execution import action_table, call_sync, run_async_step, unregistered
+from worker_sdk.gc_tuning import tune_gc
 from worker_sdk.heartbeat import Heartbeater, Registration
 from worker_sdk.outcome import Outcome
 from worker_sdk.reporter import Reporter
@@ -36,16 +36,6 @@ POLL_HTTP_MARGIN_S = 10.0
 MIN_EMPTY_POLL_S = 0.1  # never re-poll faster than this after an empty answer
 POLL_LINGER_S = 0.005  # when busy, wait this long for more slots to free before polling
 MAX_CARRIED = 500  # results one poll carries at most (the server's default limit is 1,000)
-
-
-def _tune_gc(threshold: int) -> None:
-    """A busy worker allocates short-lived objects on every step: with Python's default GC
-    threshold (700) collections, some over everything the process holds, ran on most polls.
-    What start-up left alive is frozen out of the scans; the youngest generation is collected
-    every ``threshold`` allocations."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(threshold, *gc.get_threshold()[1:])
 
 
 @dataclass(eq=False)
@@ -219,7 +209,7 @@ class Worker:
                 return
             heart.start()
             if self._gc_threshold:
-                _tune_gc(self._gc_threshold)
+                tune_gc(self._gc_threshold)
             await self._serve()
         finally:
             await self._reporter.close(reporting)
@@ -387,28 +377,24 @@ class Worker:
         with self._lock:
             self._held[task.step_run_id] = held
         self._running += 1
-        if spec is not None and spec.is_async:
+        if spec is None:
+            self._finished(held, unregistered(task.action))
+            return
+        if step_log_enabled(logging.DEBUG):
+            held.ctx.log.debug("starting")
+        if spec.is_async:
             held.future = asyncio.create_task(
-                self._execute_async(held), name=f"cairn-{task.step_run_id}"
+                self._execute_async(held, spec), name=f"cairn-{task.step_run_id}"
             )
             return
         # A sync step (the common case) costs no task and no future: its thread hands the
         # outcome to ``_finished`` on the loop.
-        if spec is not None and step_log_enabled(logging.DEBUG):
-            held.ctx.log.debug("starting")
-        if spec is None:
-            msg = f"this worker has no step for action {task.action!r}"
-            self._finished(held, outcome.fail("ActionNotRegistered", msg, retryable=True))
-            return
         assert self._threads is not None
         self._threads.submit(held.ran, call_sync, spec, held.ctx)
 
-    async def _execute_async(self, held: _Held) -> None:
-        assert self._threads is not None
+    async def _execute_async(self, held: _Held, spec: StepSpec) -> None:
         try:
-            result = await run_step(
-                held.spec, held.ctx, self._threads, dropped=lambda: held.dropped
-            )
+            result = await run_async_step(spec, held.ctx, dropped=held.gave_up)
         except BaseException:
             self._ended(held)
             self._forget(held)
