@@ -38,21 +38,26 @@ CHECKS: dict[str, str] = {
     """,
     # Ended attempts are numbered 1..attempt (1..attempt-1 while one runs), no gap, no duplicate.
     "attempt_gaps": """
-        SELECT s.id::text, s.attempt || ' vs ' || count(a.id) || ' rows, max ' ||
+        SELECT s.id::text, s.attempt || ' vs ' || count(a.attempt) || ' rows, max ' ||
                COALESCE(max(a.attempt), 0)
         FROM step_runs s LEFT JOIN step_attempts a ON a.step_run_id = s.id
         GROUP BY s.id, s.attempt, s.status
-        HAVING count(a.id) <> s.attempt - (s.status = 'running')::int
+        HAVING count(a.attempt) <> s.attempt - (s.status = 'running')::int
             OR COALESCE(max(a.attempt), 0) <> s.attempt - (s.status = 'running')::int
+    """,
+    # Attempts have no foreign key (migration 0007): each is written from its step run.
+    "attempt_without_step_run": """
+        SELECT a.step_run_id::text, a.attempt::text FROM step_attempts a
+        WHERE NOT EXISTS (SELECT 1 FROM step_runs s WHERE s.id = a.step_run_id)
     """,
     # A succeeded step has exactly one succeeded attempt, and it is the last one.
     "succeeded_attempts": """
-        SELECT s.id::text, count(a.id) FILTER (WHERE a.outcome = 'succeeded')::text
+        SELECT s.id::text, count(a.attempt) FILTER (WHERE a.outcome = 'succeeded')::text
         FROM step_runs s LEFT JOIN step_attempts a ON a.step_run_id = s.id
         GROUP BY s.id, s.status, s.attempt
-        HAVING (s.status = 'succeeded') <> (count(a.id) FILTER (
+        HAVING (s.status = 'succeeded') <> (count(a.attempt) FILTER (
                  WHERE a.outcome = 'succeeded' AND a.attempt = s.attempt) = 1)
-            OR count(a.id) FILTER (WHERE a.outcome = 'succeeded') > 1
+            OR count(a.attempt) FILTER (WHERE a.outcome = 'succeeded') > 1
     """,
     # A finished run agrees with its steps; an unfinished run still has work it is waiting for.
     "run_status_agrees": """

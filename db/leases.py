@@ -232,17 +232,18 @@ async def complete_many(
         f'{{"id":{json.dumps(sid)},"token":{json.dumps(token)},"output":{{"v":{output}}}}}'
         for sid, token, output in items
     )
+    # Columns by key: a Row attribute is a Python call per column (see Row).
     done = {
-        r.id: r
+        r["id"]: r
         for r in await conn.execute(
             Q.COMPLETE_MANY, {"items": f"[{doc}]", "tenant": tenant, "now": now}
         )
     }
     if done:
         effects.step_statuses["succeeded"] += len(done)
-        effects.step_durations.extend(float(r.duration or 0.0) for r in done.values())
+        effects.step_durations.extend(float(r["duration"] or 0.0) for r in done.values())
         await transitions.after_success(
-            conn, sorted({r.run_id for r in done.values()}), effects, now
+            conn, sorted({r["run_id"] for r in done.values()}), effects, now
         )
     results: list[CairnDBError | None] = []
     for sid, token, output in items:

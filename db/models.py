@@ -210,12 +210,12 @@ step_runs = Table(
         "id",
         postgresql_where=text("status = 'queued'"),
     ),
+    # The reaper's: running step runs by their first deadline (lease expiry or timeout).
     Index(
-        "ix_step_runs_lease_expiry",
-        "lease_expires_at",
+        "ix_step_runs_deadline",
+        text("least(lease_expires_at, timeout_at)"),
         postgresql_where=text("status = 'running'"),
     ),
-    Index("ix_step_runs_timeout", "timeout_at", postgresql_where=text("status = 'running'")),
     Index(
         "ix_step_runs_schedule",
         "schedule_deadline",
@@ -232,17 +232,14 @@ step_runs = Table(
 step_attempts = Table(
     "step_attempts",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=True),
     # The tenant of the step run (kept for tenant-scoped reads); no key of its own: the step
     # run's key covers it, and a key to tenants would lock the tenant's row on every claim.
     Column("tenant_id", UUID(as_uuid=False), nullable=False),
-    Column(
-        "step_run_id",
-        UUID(as_uuid=False),
-        ForeignKey("step_runs.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    Column("attempt", Integer, nullable=False),
+    # No foreign key (a key lookup and row lock per attempt written): every statement writing an
+    # attempt reads it from its locked step run, a trigger deletes a step run's attempts with it
+    # (migration 0007), and ``cairn check`` reports an attempt without its step run.
+    Column("step_run_id", UUID(as_uuid=False), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
     Column("worker_id", UUID(as_uuid=False), nullable=False),
     Column("lease_token", UUID(as_uuid=False), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
@@ -255,7 +252,6 @@ step_attempts = Table(
     # progress is its running step run's lease.
     CheckConstraint("ended_at IS NOT NULL", name="attempt_ended"),
     CheckConstraint("attempt >= 1", name="attempt_positive"),
-    UniqueConstraint("step_run_id", "attempt", name="uq_step_attempts_step_attempt"),
 )
 
 TOKEN_ROLES = ("admin", "worker", "viewer")

@@ -13,6 +13,8 @@ MAX_DEPTH = 64
 # A real NUL is escaped as \u0000 after an even number of backslashes (an odd number means the
 # backslash itself was escaped and the text just says "\u0000").
 NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# One encoder for every payload (``json.dumps`` with options builds a new one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def _depth_ok(value: Any, limit: int) -> bool:
@@ -33,7 +35,7 @@ def dump(value: Any, *, field: str, limit: int) -> str:
     if not _depth_ok(value, MAX_DEPTH):
         raise InvalidPayload(f"{field} is nested deeper than {MAX_DEPTH} levels")
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _ENCODER.encode(value)
     except (ValueError, TypeError) as err:
         raise InvalidPayload(f"{field} is not valid JSON: {err}") from err
     if "\\u0000" in text and NUL_ESCAPE.search(text):

@@ -466,13 +466,9 @@ REAPER_CANDIDATES = q("""
  WHERE status = 'running' AND cancel_requested_at IS NOT NULL
    AND cancel_requested_at <= {NOW} - make_interval(secs => :grace) LIMIT :batch)
 UNION ALL
-(SELECT id, run_id, 'lease' FROM step_runs
- WHERE status = 'running' AND lease_expires_at <= {NOW}
- ORDER BY lease_expires_at LIMIT :batch)
-UNION ALL
-(SELECT id, run_id, 'timeout' FROM step_runs
- WHERE status = 'running' AND timeout_at <= {NOW}
- ORDER BY timeout_at LIMIT :batch)
+(SELECT id, run_id, 'deadline' FROM step_runs
+ WHERE status = 'running' AND least(lease_expires_at, timeout_at) <= {NOW}
+ ORDER BY least(lease_expires_at, timeout_at) LIMIT :batch)
 UNION ALL
 (SELECT id, run_id, 'schedule' FROM step_runs
  WHERE status = 'queued' AND schedule_deadline <= {NOW}

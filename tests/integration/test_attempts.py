@@ -1,5 +1,5 @@
 """Attempt history: the attempt in progress is its step run's lease; its row is written once,
-when it ends (migration 0006)."""
+when it ends (migration 0006), keyed by its step run and number (migration 0007)."""
 
 from __future__ import annotations
 
@@ -107,3 +107,72 @@ async def test_migration_0006_keeps_the_attempts_in_progress_both_ways(api: Api)
         assert dict((await conn.execute(text(count))).all()) == {"lease_expired": 1}
     await api.complete(held[0], "ok")
     assert [r[1] for r in await attempt_rows(api, held[0]["step_run_id"])] == ["succeeded"]
+
+
+async def test_deleting_a_run_deletes_its_attempts(api: Api) -> None:
+    # Attempts have no foreign key since migration 0007: a trigger keeps the cascade.
+    await api.register("attd", [{"name": "s"}])
+    runs = [await api.trigger("attd") for _ in range(2)]
+    w = await api.worker(["attd.s"])
+    for t in await api.poll(w, max_tasks=2):
+        await api.complete(t, "ok")
+    async with api.svc.db.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM runs WHERE id = :r"), {"r": runs[0]["id"]})
+        left = (
+            await conn.execute(
+                text(
+                    "SELECT s.run_id::text FROM step_attempts a"
+                    " JOIN step_runs s ON s.id = a.step_run_id"
+                )
+            )
+        ).all()
+        assert [r[0] for r in left] == [runs[1]["id"]]
+        orphans = await conn.execute(
+            text(
+                "SELECT count(*) FROM step_attempts a WHERE NOT EXISTS"
+                " (SELECT 1 FROM step_runs s WHERE s.id = a.step_run_id)"
+            )
+        )
+        assert orphans.scalar_one() == 0
+    async with api.svc.db.connect() as conn:
+        assert await run_checks(conn) == []
+
+
+async def test_an_attempt_without_its_step_run_is_reported(api: Api) -> None:
+    async with api.svc.db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO step_attempts (tenant_id, step_run_id, attempt, worker_id,"
+                " lease_token, started_at, ended_at, outcome) VALUES (gen_random_uuid(),"
+                " gen_random_uuid(), 1, gen_random_uuid(), gen_random_uuid(), now(), now(),"
+                " 'failed')"
+            )
+        )
+    async with api.svc.db.connect() as conn:
+        found = {v.check for v in await run_checks(conn)}
+    assert found == {"attempt_without_step_run"}
+
+
+async def test_migration_0007_keeps_every_attempt_both_ways(api: Api) -> None:
+    await api.register("attk", [{"name": "s", "retries": 1}])
+    await api.trigger("attk")
+    w = await api.worker(["attk.s"])
+    [t1] = await api.poll(w)
+    await api.fail(t1)
+    await api.age(60)
+    [t2] = await api.poll(w)
+    rows = "SELECT step_run_id::text, attempt, outcome FROM step_attempts ORDER BY 1, 2"
+    engine = api.svc.db.engine
+    async with engine.begin() as conn:
+        before = (await conn.execute(text(rows))).all()
+        await conn.run_sync(_migrate, "0006", True)
+    async with engine.begin() as conn:
+        assert (await conn.execute(text(rows))).all() == before
+        # 0006's shape is back: a surrogate key filled in, and the foreign key.
+        ids = (await conn.execute(text("SELECT id FROM step_attempts"))).scalars().all()
+        assert len(ids) == len(before) and None not in ids
+        await conn.run_sync(_migrate, "head", False)
+    await api.complete(t2, "ok")
+    assert [r[1] for r in await attempt_rows(api, t1["step_run_id"])] == ["failed", "succeeded"]
+    async with api.svc.db.connect() as conn:
+        assert await run_checks(conn) == []
