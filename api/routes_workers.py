@@ -123,6 +123,16 @@ async def poll(
             answers = await results.apply(conn, tenant, batch, effects)
         return await leases.poll(conn, tenant, wid, max_tasks=max_tasks, effects=effects)
 
+    async def claim_alone(conn: Conn, effects: Effects) -> PollResult | None:
+        return await leases.claim(conn, tenant, wid, max_tasks=max_tasks, effects=effects)
+
+    async def claim_once() -> PollResult:
+        if batch is None:  # one statement, no transaction block (unless cancellations wait)
+            alone = await svc.statement(claim_alone)
+            if alone is not None:
+                return alone
+        return await svc.tx(claim)
+
     actions = svc.worker_actions(wid)
     # A poll carrying results claims once and never waits: it need not be woken.
     with svc.notifier.subscribe(tenant, (actions or ()) if batch is None else ()) as wake:
@@ -130,7 +140,7 @@ async def poll(
             wake.begin_claim()
             full = True  # a claim that failed hands its wake on as well
             try:
-                result = await svc.tx(claim)
+                result = await claim_once()
                 full = result.full
             finally:
                 wake.end_claim(more=full)

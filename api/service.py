@@ -44,6 +44,21 @@ class Service:
         self.metrics.record(holder[0])
         return result
 
+    async def statement(self, fn: Callable[[Conn, Effects], Awaitable[T]]) -> T:
+        """``fn`` with no transaction block (work that is one statement); metrics as ``tx``."""
+        holder: list[Effects] = []
+
+        async def body(conn: Conn) -> T:
+            effects = Effects()
+            holder[:] = [effects]
+            result = await fn(conn, effects)
+            await transitions.notify(conn, effects)
+            return result
+
+        result = await self.db.autocommit(body)
+        self.metrics.record(holder[0])
+        return result
+
     def remember_worker(self, worker_id: str, actions: tuple[str, ...]) -> None:
         self._worker_actions[worker_id] = actions
         self._worker_actions.move_to_end(worker_id)

@@ -238,6 +238,23 @@ class Database:
                     continue
                 raise translate(err) from err
 
+    async def autocommit(self, fn: Callable[[Conn], Awaitable[T]], *, attempts: int = 5) -> T:
+        """Run ``fn`` with no transaction block: each of its statements commits on its own (for
+        work that is one statement: no BEGIN and COMMIT round trips). Retried on deadlock or
+        serialization failure, which roll the statement back."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._acquire() as raw:
+                    return await fn(Conn(raw, self.listeners))
+            except DRIVER_ERRORS as err:
+                if sqlstate(err) in RETRYABLE_SQLSTATES and attempt < attempts:
+                    log.info("retrying statement after %s", sqlstate(err))
+                    await asyncio.sleep(0.01 * attempt)
+                    continue
+                raise translate(err) from err
+
     async def dispose(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None

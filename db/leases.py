@@ -76,33 +76,19 @@ async def _deliver_cancellations(
     return told
 
 
-async def poll(
-    conn: Conn,
-    tenant: str,
-    worker_id: str,
-    *,
-    max_tasks: int,
-    effects: Effects,
-    now: datetime | None = None,
-) -> PollResult:
-    """Claim up to ``max_tasks`` (never beyond free slots) and deliver pending cancellations."""
-    worker = await _touch(conn, tenant, worker_id, now)
-    cancelled = await _deliver_cancellations(conn, worker_id, list(worker.cancelled), effects, now)
-    free = worker.slots - (worker.busy - len(cancelled))
-    n = min(max_tasks, free)
+async def _claim(
+    conn: Conn, tenant: str, worker_id: str, max_tasks: int, effects: Effects, now: datetime | None
+) -> tuple[PollResult, tuple[str, ...]]:
+    """CLAIM once: what it claimed, and the cancellations waiting to be delivered (when there
+    are any it claimed nothing)."""
+    rows = await conn.execute(
+        Q.CLAIM, {"tenant": tenant, "worker": worker_id, "max_tasks": max_tasks, "now": now}
+    )
+    if not rows:
+        raise NotFound(f"worker {worker_id} is not registered (register again)")
+    head = rows.first()
     tasks: list[Task] = []
-    if n > 0:
-        rows = await conn.execute(
-            Q.CLAIM,
-            {
-                "tenant": tenant,
-                "actions": list(worker.actions),
-                "n": n,
-                "worker": worker_id,
-                "lease_s": worker.lease_timeout_s,
-                "now": now,
-            },
-        )
+    if head["id"] is not None:
         for r in rows:  # columns by key: a Row attribute is a Python call per column
             parents = r["parent_outputs"]
             tasks.append(
@@ -124,11 +110,50 @@ async def poll(
             )
             effects.queue_latencies.append(max(float(r["queue_latency"] or 0.0), 0.0))
         effects.step_statuses["running"] += len(tasks)
-    return PollResult(
+    result = PollResult(
         tasks=tuple(tasks),
-        cancelled=tuple(cancelled),
-        actions=tuple(worker.actions),
-        full=len(tasks) >= n,
+        cancelled=(),
+        actions=tuple(head["actions"]),
+        full=len(tasks) >= head["n"],
+    )
+    return result, tuple(head["cancelled"])
+
+
+async def claim(
+    conn: Conn,
+    tenant: str,
+    worker_id: str,
+    *,
+    max_tasks: int,
+    effects: Effects,
+    now: datetime | None = None,
+) -> PollResult | None:
+    """One statement, which needs no transaction block: claim up to ``max_tasks`` (never beyond
+    free slots). ``None`` (nothing claimed) while cancellations wait to be delivered: ``poll``
+    delivers them, in a transaction."""
+    result, pending = await _claim(conn, tenant, worker_id, max_tasks, effects, now)
+    return None if pending else result
+
+
+async def poll(
+    conn: Conn,
+    tenant: str,
+    worker_id: str,
+    *,
+    max_tasks: int,
+    effects: Effects,
+    now: datetime | None = None,
+) -> PollResult:
+    """In the caller's transaction: deliver pending cancellations (their slots are free then),
+    and claim up to ``max_tasks`` (never beyond free slots)."""
+    result, pending = await _claim(conn, tenant, worker_id, max_tasks, effects, now)
+    if not pending:
+        return result
+    cancelled = await _deliver_cancellations(conn, worker_id, list(pending), effects, now)
+    again, _ = await _claim(conn, tenant, worker_id, max_tasks, effects, now)
+    # A cancellation requested in between claims nothing more: the next poll delivers it.
+    return PollResult(
+        tasks=again.tasks, cancelled=tuple(cancelled), actions=again.actions, full=again.full
     )
 
 

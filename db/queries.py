@@ -302,22 +302,17 @@ VALUES (gen_random_uuid(), :tenant, :name, :actions, :slots, :hb, :lease, {NOW},
 RETURNING id, name, actions, slots, heartbeat_interval_s, lease_timeout_s
 """)
 
-# Liveness, and what the poll needs: free slots and the cancellations it must deliver.
-# last_seen_at is written at most once a second per worker, so an empty poll writes nothing
-# (and its commit waits for no WAL flush).
+# The heartbeat's liveness (the poll's is part of CLAIM): last_seen_at is written at most once a
+# second per worker, so a heartbeat often writes nothing here.
 TOUCH_WORKER = q("""
 WITH w AS (
-  SELECT id, actions, slots, lease_timeout_s FROM workers
+  SELECT id, lease_timeout_s FROM workers
   WHERE tenant_id = :tenant AND id = :worker AND deregistered_at IS NULL
 ), seen AS (
   UPDATE workers SET last_seen_at = {NOW}
   WHERE id IN (SELECT id FROM w) AND last_seen_at < {NOW} - interval '1 second'
 )
-SELECT actions, slots, lease_timeout_s,
-  (SELECT count(*) FROM step_runs s WHERE s.worker_id = :worker AND s.status = 'running') AS busy,
-  ARRAY(SELECT s.id::text FROM step_runs s WHERE s.worker_id = :worker AND s.status = 'running'
-        AND s.cancel_requested_at IS NOT NULL) AS cancelled
-FROM w
+SELECT lease_timeout_s FROM w
 """)
 
 DEREGISTER_WORKER = q("""
@@ -330,39 +325,66 @@ WORKER_HELD = q("""
 SELECT id, run_id FROM step_runs WHERE worker_id = :worker AND status = 'running'
 """)
 
-# The claim: one statement locks up to :n queued step runs, leases them, writes history rows.
-# Each action is read through its own ordered index range (LATERAL), so the cost stays flat
-# however deep the queue is and however many actions the worker serves.
+# The poll's claim, one statement: the worker's liveness (last_seen_at at most once a second), its
+# free slots, and up to min(:max_tasks, free slots) queued step runs of its actions leased to it.
+# Run on its own it needs no transaction block (it is one). While a step run it holds waits for
+# its cancellation to be delivered it claims nothing and lists them (``cancelled``): the caller
+# delivers them (DELIVER_CANCELLATIONS), which frees their slots, and claims again. Each action is
+# read through its own ordered index range (LATERAL), so the cost stays flat however deep the
+# queue is and however many actions the worker serves. One row per claimed step run, or one row
+# of NULL task columns when none was; the worker's columns only on the first row; no row at all
+# when the worker is not registered.
 CLAIM = q("""
-WITH cand AS (
-  SELECT c.id, c.available_at FROM unnest(CAST(:actions AS text[])) AS a(action)
+WITH w AS (
+  SELECT id, actions, lease_timeout_s,
+    ARRAY(SELECT s.id::text FROM step_runs s WHERE s.worker_id = :worker AND s.status = 'running'
+          AND s.cancel_requested_at IS NOT NULL) AS cancelled,
+    slots - (SELECT count(*) FROM step_runs s WHERE s.worker_id = :worker
+             AND s.status = 'running') AS free
+  FROM workers
+  WHERE tenant_id = :tenant AND id = :worker AND deregistered_at IS NULL
+), seen AS (
+  UPDATE workers SET last_seen_at = {NOW}
+  WHERE id IN (SELECT id FROM w) AND last_seen_at < {NOW} - interval '1 second'
+), lim AS (
+  SELECT CASE WHEN cardinality(cancelled) > 0 THEN 0
+              ELSE GREATEST(LEAST(CAST(:max_tasks AS integer), free), 0) END AS n
+  FROM w
+), cand AS (
+  SELECT c.id, c.available_at FROM w CROSS JOIN LATERAL unnest(w.actions) AS a(action)
   CROSS JOIN LATERAL (
     SELECT s.id, s.available_at FROM step_runs s
     WHERE s.tenant_id = :tenant AND s.status = 'queued' AND s.action = a.action
       AND s.available_at <= {NOW}
     ORDER BY s.available_at, s.id
-    LIMIT :n
+    LIMIT (SELECT n FROM lim)
     FOR UPDATE SKIP LOCKED
   ) c
   ORDER BY c.available_at, c.id
-  LIMIT :n
+  LIMIT (SELECT n FROM lim)
 ), claimed AS (
   UPDATE step_runs s SET status = 'running', attempt = s.attempt + 1,
     lease_token = gen_random_uuid(), worker_id = :worker,
-    lease_expires_at = {NOW} + make_interval(secs => :lease_s),
+    lease_expires_at = {NOW} + make_interval(secs => (SELECT lease_timeout_s FROM w)),
     timeout_at = {NOW} + make_interval(secs => s.timeout_s), started_at = {NOW}
   WHERE s.id = ANY(ARRAY(SELECT id FROM cand)) AND s.status = 'queued'
   RETURNING s.id, s.run_id, s.step_name, s.action, s.attempt, s.lease_token, s.started_at,
     s.parent_outputs, s.timeout_at, s.lease_expires_at, s.delivery, s.available_at
+), tasks AS (
+  SELECT c.*, r.workflow_name, r.version, r.input FROM claimed c CROSS JOIN LATERAL (
+    SELECT workflow_name, version, input FROM runs WHERE runs.id = c.run_id OFFSET 0
+  ) r
 )
-SELECT c.id::text AS id, c.run_id::text AS run_id, r.workflow_name, r.version, c.step_name,
-  c.action, c.attempt, c.lease_token::text AS lease_token, r.input, c.parent_outputs,
-  c.timeout_at, c.lease_expires_at, c.delivery,
-  EXTRACT(EPOCH FROM (c.started_at - c.available_at)) AS queue_latency
-FROM claimed c CROSS JOIN LATERAL (
-  SELECT workflow_name, version, input FROM runs WHERE runs.id = c.run_id OFFSET 0
-) r
-ORDER BY c.available_at, c.id
+SELECT
+  CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.actions END AS actions,
+  CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.cancelled END
+    AS cancelled,
+  lim.n, t.id::text AS id, t.run_id::text AS run_id, t.workflow_name, t.version, t.step_name,
+  t.action, t.attempt, t.lease_token::text AS lease_token, t.input, t.parent_outputs,
+  t.timeout_at, t.lease_expires_at, t.delivery,
+  EXTRACT(EPOCH FROM (t.started_at - t.available_at)) AS queue_latency
+FROM w CROSS JOIN lim LEFT JOIN tasks t ON true
+ORDER BY t.available_at, t.id
 """)
 
 RENEW_LEASES = q("""

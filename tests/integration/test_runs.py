@@ -116,6 +116,23 @@ async def test_cancel_is_learned_on_poll_too(api: Api) -> None:
     assert attempt["ended_at"] is not None
 
 
+async def test_a_poll_delivers_a_cancellation_and_claims_into_its_slot(api: Api) -> None:
+    # The claim takes nothing while a cancellation waits; the poll delivers it, which frees the
+    # slot, and claims again in the same transaction.
+    await api.register("cq", [{"name": "a"}])
+    first = await api.trigger("cq")
+    w = await api.worker(["cq.a"], slots=1)
+    [a] = await api.poll(w)
+    second = await api.trigger("cq")
+    await api.call("POST", f"/runs/{first['id']}/cancel", 202)
+    r = await api.json("POST", f"/workers/{w}/poll", json={"max_tasks": 5, "wait_s": 0})
+    assert r["cancelled"] == [a["step_run_id"]]
+    assert [t["run_id"] for t in r["tasks"]] == [second["id"]]
+    again = await api.json("POST", f"/workers/{w}/poll", json={"max_tasks": 5, "wait_s": 0})
+    assert again["cancelled"] == [] and again["tasks"] == []  # the one slot is taken
+    assert (await api.run(first["id"]))["steps"][0]["status"] == "cancelled"
+
+
 async def test_ignoring_cancellation_past_grace_is_counted(api: Api) -> None:
     await api.register("ig", [{"name": "a"}])
     run = await api.trigger("ig")
