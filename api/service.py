@@ -31,31 +31,27 @@ class Service:
 
     async def tx(self, fn: Callable[[Conn, Effects], Awaitable[T]]) -> T:
         """One transaction; its wake-ups are sent inside it and its metrics after commit."""
-        holder: list[Effects] = []
-
-        async def body(conn: Conn) -> T:
-            effects = Effects()
-            holder[:] = [effects]
-            result = await fn(conn, effects)
-            await transitions.notify(conn, effects)
-            return result
-
-        result = await self.db.transaction(body)
-        self.metrics.record(holder[0])
-        return result
+        return await self._run(fn, self.db.transaction)
 
     async def statement(self, fn: Callable[[Conn, Effects], Awaitable[T]]) -> T:
         """``fn`` with no transaction block (work that is one statement); metrics as ``tx``."""
+        return await self._run(fn, self.db.autocommit)
+
+    async def _run(
+        self,
+        fn: Callable[[Conn, Effects], Awaitable[T]],
+        runner: Callable[[Callable[[Conn], Awaitable[T]]], Awaitable[T]],
+    ) -> T:
         holder: list[Effects] = []
 
         async def body(conn: Conn) -> T:
-            effects = Effects()
+            effects = Effects()  # a fresh one for each attempt the runner makes
             holder[:] = [effects]
             result = await fn(conn, effects)
             await transitions.notify(conn, effects)
             return result
 
-        result = await self.db.autocommit(body)
+        result = await runner(body)
         self.metrics.record(holder[0])
         return result
 
