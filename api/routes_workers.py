@@ -10,7 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Request, Response
 
 from api import results
-from api.fastjson import json_response
+from api.fastjson import json_response, poll_response
 from api.routes import ERRORS
 from api.schemas import (
     CompleteIn,
@@ -163,7 +163,7 @@ async def poll(
     if batch is not None:
         for why in batch.conflicts:
             svc.metrics.conflict(why)
-    return json_response({"tasks": result.tasks, "cancelled": result.cancelled, "results": answers})
+    return poll_response(result.tasks, result.cancelled, answers)
 
 
 @router.post("/workers/{worker_id}/heartbeat", response_model=HeartbeatOut, responses=ERRORS)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from db import queries as Q
 from db import transitions
 from db.errors import CairnDBError, LeaseConflict, NotFound
 from db.pg import Conn
-from db.types import Effects, PollResult, Task, WorkerInfo
+from db.types import Effects, PollResult, WorkerInfo
 
 
 def _worker(row: Any) -> WorkerInfo:
@@ -87,31 +88,13 @@ async def _claim(
     if not rows:
         raise NotFound(f"worker {worker_id} is not registered (register again)")
     head = rows.first()
-    tasks: list[Task] = []
-    if head["id"] is not None:
-        for r in rows:  # columns by key: a Row attribute is a Python call per column
-            parents = r["parent_outputs"]
-            tasks.append(
-                Task(
-                    step_run_id=r["id"],
-                    run_id=r["run_id"],
-                    workflow=r["workflow_name"],
-                    version=r["version"],
-                    step=r["step_name"],
-                    action=r["action"],
-                    attempt=r["attempt"],
-                    lease_token=r["lease_token"],
-                    input=r["input"],
-                    parents=parents if parents is not None else {},
-                    timeout_at=r["timeout_at"],
-                    lease_expires_at=r["lease_expires_at"],
-                    delivery=r["delivery"],
-                )
-            )
-            effects.queue_latencies.append(max(float(r["queue_latency"] or 0.0), 0.0))
+    tasks: tuple[str, ...] = ()
+    if head["task"] is not None:
+        tasks = tuple([r["task"] for r in rows])
+        effects.queue_latencies.extend(max(float(r["queue_latency"] or 0.0), 0.0) for r in rows)
         effects.step_statuses["running"] += len(tasks)
     result = PollResult(
-        tasks=tuple(tasks),
+        tasks=tasks,
         cancelled=(),
         actions=tuple(head["actions"]),
         full=len(tasks) >= head["n"],
@@ -240,6 +223,11 @@ async def _conflict(
     )
 
 
+def _quote(value: str) -> str:
+    """A JSON string (orjson: a tenth of ``json.dumps``' cost, twice per item)."""
+    return orjson.dumps(value).decode()
+
+
 async def complete_many(
     conn: Conn,
     tenant: str,
@@ -253,8 +241,9 @@ async def complete_many(
     Three statements for the whole batch; a refused item gets the reason it was refused (after
     any lease revocation it causes), in the order given.
     """
+    quote = _quote
     doc = ",".join(
-        f'{{"id":{json.dumps(sid)},"token":{json.dumps(token)},"output":{{"v":{output}}}}}'
+        f'{{"id":{quote(sid)},"token":{quote(token)},"output":{{"v":{output}}}}}'
         for sid, token, output in items
     )
     # Columns by key: a Row attribute is a Python call per column (see Row).

@@ -6,6 +6,8 @@ the clock; every guarded write re-checks its guard inside the same statement.
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import TextClause, text
 
 NOW = "COALESCE(CAST(:now AS timestamptz), now())"
@@ -13,7 +15,12 @@ OPEN_STEP = "('pending', 'queued', 'running')"
 CLEAR_LEASE = "lease_token = NULL, lease_expires_at = NULL, timeout_at = NULL"
 
 
+# ``{UTC:expr}``: a timestamptz as RFC 3339 text in UTC, whatever the session's time zone.
+_UTC = re.compile(r"\{UTC:([^}]+)\}")
+
+
 def q(sql: str) -> TextClause:
+    sql = _UTC.sub(r"""to_char(\1 AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')""", sql)
     return text(sql.replace("{NOW}", NOW))
 
 
@@ -379,9 +386,13 @@ SELECT
   CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.actions END AS actions,
   CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.cancelled END
     AS cancelled,
-  lim.n, t.id::text AS id, t.run_id::text AS run_id, t.workflow_name, t.version, t.step_name,
-  t.action, t.attempt, t.lease_token::text AS lease_token, t.input, t.parent_outputs,
-  t.timeout_at, t.lease_expires_at, t.delivery,
+  lim.n,
+  CASE WHEN t.id IS NOT NULL THEN CAST(json_build_object(
+    'step_run_id', t.id, 'run_id', t.run_id, 'workflow', t.workflow_name, 'version', t.version,
+    'step', t.step_name, 'action', t.action, 'attempt', t.attempt, 'lease_token', t.lease_token,
+    'input', t.input, 'parents', COALESCE(t.parent_outputs, '{}'),
+    'timeout_at', {UTC:t.timeout_at}, 'lease_expires_at', {UTC:t.lease_expires_at},
+    'delivery', t.delivery) AS text) END AS task,
   EXTRACT(EPOCH FROM (t.started_at - t.available_at)) AS queue_latency
 FROM w CROSS JOIN lim LEFT JOIN tasks t ON true
 ORDER BY t.available_at, t.id

@@ -80,25 +80,10 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Task:
-    step_run_id: str
-    run_id: str
-    workflow: str
-    version: int
-    step: str
-    action: str
-    attempt: int
-    lease_token: str
-    input: Any
-    parents: Any
-    timeout_at: datetime
-    lease_expires_at: datetime
-    delivery: str
-
-
-@dataclass(frozen=True, slots=True)
 class PollResult:
-    tasks: tuple[Task, ...]
+    # Each claimed step run as a JSON object, rendered by Postgres (the poll answer's ``tasks``
+    # items, passed through as they are: no decoding and re-encoding of inputs in the API).
+    tasks: tuple[str, ...]
     cancelled: tuple[str, ...]
     actions: tuple[str, ...]
     full: bool = False  # the claim took all it could (or had no room): work may remain

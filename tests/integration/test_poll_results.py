@@ -118,3 +118,62 @@ async def test_steady_state_cycle_is_one_transaction_of_three_statements(api: Ap
 
     small, large = await cycle(2), await cycle(40)
     assert len(small) == len(large) == 3, "\n---\n".join(large)
+
+
+async def test_a_task_is_rendered_whole_and_its_times_in_utc_whatever_the_db_time_zone(
+    db_url: str, settings_factory: Any
+) -> None:
+    """The poll's tasks are JSON rendered by Postgres: every field, the input as stored, and
+    the deadlines as RFC 3339 in UTC even when the database's own time zone is not UTC."""
+    from datetime import datetime, timedelta
+
+    import asyncpg
+    import httpx
+
+    from api.app import create_app
+    from db.engine import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(db_url))
+    try:
+        name = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f"ALTER DATABASE \"{name}\" SET timezone = 'Pacific/Chatham'")
+    finally:
+        await conn.close()
+    app = create_app(settings_factory())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://cairn") as client:
+            api = Api(client, app)
+            await api.register("tz", [{"name": "a"}, {"name": "b", "parents": ["a"]}])
+            payload = {"naïve": "☃", "big": 12345678901234567890123, "nested": [[{"x": None}]]}
+            run = await api.trigger("tz", payload)
+            w = await api.worker(["tz.a", "tz.b"])
+            [a] = await api.poll(w)
+            assert set(a) == {
+                "step_run_id", "run_id", "workflow", "version", "step", "action", "attempt",
+                "lease_token", "input", "parents", "timeout_at", "lease_expires_at", "delivery",
+            }  # fmt: skip
+            assert a["run_id"] == run["id"] and a["workflow"] == "tz" and a["version"] == 1
+            assert (a["step"], a["action"], a["attempt"]) == ("a", "tz.a", 1)
+            assert a["input"] == payload and a["parents"] == {}
+            assert a["delivery"] == "at_least_once"
+            now = await api.db_now()
+            for key in ("timeout_at", "lease_expires_at"):
+                assert a[key].endswith("+00:00"), a[key]
+                at = datetime.fromisoformat(a[key])
+                assert now < at < now + timedelta(days=2)
+            conn = await asyncpg.connect(asyncpg_dsn(db_url))
+            try:
+                stored = await conn.fetchrow(
+                    "SELECT timeout_at, lease_expires_at FROM step_runs WHERE id = $1",
+                    uuid.UUID(a["step_run_id"]),
+                )
+            finally:
+                await conn.close()
+            assert stored is not None
+            for key in ("timeout_at", "lease_expires_at"):
+                assert datetime.fromisoformat(a[key]) == stored[key]  # the same instant
+            await api.complete(a, {"out": [1, 2.5, "é"]})
+            [b] = await api.poll(w)
+            assert b["step"] == "b" and b["parents"] == {"a": {"out": [1, 2.5, "é"]}}
+            assert b["input"] == payload
