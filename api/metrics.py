@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
+import math
+import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db.errors import LeaseConflict
@@ -32,6 +38,53 @@ LATENCY_BUCKETS = (
 )
 
 
+class BatchHistogram(Collector):
+    """A histogram with no labels that takes a batch of observations at once.
+
+    ``prometheus_client.Histogram.observe`` takes a lock and walks the buckets for each value
+    (about 2 µs): per step run and per metric on the hot path. This one bins a batch with
+    ``bisect`` under one lock and exposes the same series (``_bucket``, ``_count``, ``_sum``).
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = [float(b) for b in buckets]
+        self._counts = [0] * (len(self._bounds) + 1)  # the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.observe_many((value,))
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        bounds, where = self._bounds, bisect.bisect_left
+        with self._lock:
+            counts = self._counts
+            total = 0.0
+            for v in values:
+                counts[where(bounds, v)] += 1  # le: a value equal to a bound falls in it
+                total += v
+            self._sum += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, n in zip([*self._bounds, math.inf], counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            self._name, self._documentation, buckets=buckets, sum_value=total
+        )
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self._name, self._documentation)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -56,17 +109,11 @@ class Metrics:
             "Heartbeats for step runs the worker was told are cancelled, past the grace period",
             registry=r,
         )
-        self.queue_latency = Histogram(
-            "cairn_queue_latency_seconds",
-            "Queued (available) to claimed",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.queue_latency = BatchHistogram(
+            "cairn_queue_latency_seconds", "Queued (available) to claimed", LATENCY_BUCKETS, r
         )
-        self.step_duration = Histogram(
-            "cairn_step_duration_seconds",
-            "Claimed to finished, per attempt",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.step_duration = BatchHistogram(
+            "cairn_step_duration_seconds", "Claimed to finished, per attempt", LATENCY_BUCKETS, r
         )
         self.queue_depth = Gauge(
             "cairn_queue_depth",
@@ -106,10 +153,10 @@ class Metrics:
             self.lease_expirations.inc(effects.lease_expirations)
         if effects.ignored_cancellations:
             self.ignored_cancellations.inc(effects.ignored_cancellations)
-        for v in effects.queue_latencies:
-            self.queue_latency.observe(v)
-        for v in effects.step_durations:
-            self.step_duration.observe(v)
+        if effects.queue_latencies:
+            self.queue_latency.observe_many(effects.queue_latencies)
+        if effects.step_durations:
+            self.step_duration.observe_many(effects.step_durations)
 
     def conflict(self, exc: LeaseConflict) -> None:
         self.duplicates.labels(reason=exc.code, conflicting=str(exc.conflicting).lower()).inc()

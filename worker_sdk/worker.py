@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from worker_sdk import calls, outcome, verdicts
+from worker_sdk import calls, lean_http, outcome, verdicts
 from worker_sdk.client import build_headers, resolve_url
 from worker_sdk.context import Context, Task, parse_tasks, step_log_enabled
 from worker_sdk.errors import APIError, CairnError, HTTPError
@@ -178,12 +178,7 @@ class Worker:
         beat_http = httpx.Client(
             base_url=self.url, headers=self._headers, timeout=30.0, transport=self._transport
         )
-        self._ahttp = httpx.AsyncClient(
-            base_url=self.url,
-            headers=self._headers,
-            timeout=self.poll_wait_s + POLL_HTTP_MARGIN_S,
-            transport=self._async_transport,
-        )
+        self._ahttp = self._async_http()
         self._threads = StepThreads(self.slots, name="cairn-step")
         self._reporter = Reporter(self._ahttp, deadline_s=self._report_deadline)
         reporting = asyncio.create_task(self._reporter.run(), name="cairn-report")
@@ -220,6 +215,17 @@ class Worker:
             control.close()
             beat_http.close()
             log.info("worker %s stopped", self.name)
+
+    def _async_http(self) -> httpx.AsyncClient:
+        """The client of polls, results and async steps' reports: on the lean transport
+        unless a transport was given, the URL is https or a proxy applies (``lean_http``)."""
+        lean = self._async_transport is None and lean_http.suits(self.url)
+        return httpx.AsyncClient(
+            base_url=self.url,
+            headers=self._headers,
+            timeout=self.poll_wait_s + POLL_HTTP_MARGIN_S,
+            transport=lean_http.LeanTransport() if lean else self._async_transport,
+        )
 
     def _report_deadline(self) -> float:
         reg = self.registration
