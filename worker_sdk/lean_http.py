@@ -131,14 +131,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def _exchange(
         self, request: httpx.Request, conn: _Conn, data: bytes
     ) -> tuple[int, _Headers, bytes, bool]:
-        writer = conn.writer
+        # The request is handed to the socket's transport, which sends it in the background
+        # while the answer is awaited: a server that answers before it has read the whole
+        # request (a 413, say) and hangs up is heard, as with httpx's own transport, and not
+        # lost to the reset that follows. The read timeout bounds sending and answering.
         try:
-            writer.write(data)
-            if writer.transport.get_write_buffer_size():
-                async with asyncio.timeout(_timeout(request, "write")):
-                    await writer.drain()
-        except TimeoutError as exc:
-            raise httpx.WriteTimeout("timed out sending the request", request=request) from exc
+            conn.writer.write(data)
         except OSError as exc:
             raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
         try:

@@ -304,3 +304,26 @@ async def test_a_worker_uses_it_unless_given_a_transport_or_a_proxy(
     assert transport_of("http://127.0.0.1:9", given) is given
     monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
     assert not isinstance(transport_of("http://127.0.0.1:9"), LeanTransport)
+
+
+async def test_an_answer_sent_before_the_whole_request_was_read_is_returned() -> None:
+    """A server refusing a large body (413) answers after the head and hangs up: the answer
+    is what the caller gets, not the write error of the unsent rest."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the client reads the answer while it is still sending
+        writer.transport.abort()  # unread request bytes: the kernel resets the connection
+
+    tcp = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{tcp.sockets[0].getsockname()[1]}"
+    try:
+        async with client(url) as c:
+            r = await c.post("/", content=b"x" * (32 * 1024 * 1024))
+    finally:
+        tcp.close()
+    assert r.status_code == 413 and r.text == "big"
