@@ -224,7 +224,7 @@ async def _conflict(
 
 
 def _quote(value: str) -> str:
-    """A JSON string (orjson: a tenth of ``json.dumps``' cost, twice per item)."""
+    """A JSON string (orjson: a third of ``json.dumps``' cost, twice per item)."""
     return orjson.dumps(value).decode()
 
 
@@ -241,9 +241,8 @@ async def complete_many(
     Three statements for the whole batch; a refused item gets the reason it was refused (after
     any lease revocation it causes), in the order given.
     """
-    quote = _quote
     doc = ",".join(
-        f'{{"id":{quote(sid)},"token":{quote(token)},"output":{{"v":{output}}}}}'
+        f'{{"id":{_quote(sid)},"token":{_quote(token)},"output":{{"v":{output}}}}}'
         for sid, token, output in items
     )
     # Columns by key: a Row attribute is a Python call per column (see Row).
