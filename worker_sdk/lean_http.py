@@ -16,6 +16,7 @@ proxies keep httpx's own transport, as does a transport passed in explicitly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import urllib.request
 from collections.abc import Callable
@@ -56,7 +57,11 @@ class _Conn:
         return not closed and now - self.idle_since < IDLE_S
 
     def close(self) -> None:
-        self.writer.close()
+        transport = self.writer.transport
+        if transport.get_write_buffer_size():
+            transport.abort()  # the answer came before all was sent: drop the unsent rest
+        else:
+            self.writer.close()
 
 
 def _timeout(request: httpx.Request, kind: str) -> float | None:
@@ -99,10 +104,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         self._closed = True
-        for pool in self._idle.values():
-            for conn in pool:
-                conn.close()
+        idle = [conn for pool in self._idle.values() for conn in pool]
         self._idle.clear()
+        for conn in idle:
+            conn.close()
+        for conn in idle:  # let the loop finish closing them before it may stop
+            with contextlib.suppress(OSError):
+                await conn.writer.wait_closed()
 
     async def _checkout(self, request: httpx.Request, origin: tuple[str, int]) -> _Conn:
         pool = self._idle.get(origin)

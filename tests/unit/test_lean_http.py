@@ -23,9 +23,13 @@ class Server:
         self.connections = 0
         self.requests: list[tuple[bytes, bytes]] = []
         self.close_after: bool = False
+        self.handlers: set[asyncio.Task[None]] = set()  # cancelled at teardown
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
         try:
             while True:
                 try:
@@ -58,6 +62,10 @@ async def server(handler: Handler) -> AsyncIterator[tuple[Server, str]]:
         yield srv, f"http://127.0.0.1:{port}"
     finally:
         tcp.close()
+        for task in srv.handlers:  # a handler still waiting (a slow answer) ends here
+            task.cancel()
+        await asyncio.gather(*srv.handlers, return_exceptions=True)
+        await tcp.wait_closed()
 
 
 def canned(answer: bytes) -> Handler:
