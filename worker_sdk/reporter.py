@@ -70,6 +70,7 @@ class Reporter:
         self._deadline_s = deadline_s
         self._max_batch = max_batch
         self._queue: list[_Item] = []
+        self._carriable = 0  # queued items that may ride on a poll
         self._wake = asyncio.Event()
         self._held = False  # the poll loop will carry what is queued
 
@@ -105,7 +106,13 @@ class Reporter:
     ) -> None:
         """Queue a result; ``on_verdict`` gets what ``report`` would return or raise."""
         self._queue.append(_Item(step_run_id, lease_token, outcome, give_up, on_verdict))
+        self._carriable += 1
         self._wake.set()
+
+    @property
+    def carriable(self) -> int:
+        """Queued results the next poll may carry (``take`` hands them over)."""
+        return self._carriable
 
     def hold(self) -> None:
         """The poll loop is about to poll: leave queued results for it to carry."""
@@ -125,8 +132,10 @@ class Reporter:
             if not item.carry or len(taken) >= limit:
                 rest.append(item)
             elif item.give_up():
+                self._carriable -= 1
                 _resolve(item, {"status": "dropped"})
             else:
+                self._carriable -= 1
                 taken.append(item)
         self._queue = rest
         return taken
@@ -160,6 +169,7 @@ class Reporter:
         if not self._held:
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
+            self._carriable -= sum(1 for i in batch if i.carry)
             return batch
         batch = [i for i in self._queue if not i.carry][: self._max_batch]
         if batch:
@@ -172,6 +182,7 @@ class Reporter:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         queue, self._queue = self._queue, []
+        self._carriable = 0
         for item in queue:
             item.settle(HTTPError("worker stopped before reporting"))
 

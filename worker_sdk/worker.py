@@ -45,7 +45,8 @@ class _Held:
     spec: StepSpec | None
     worker: Worker
     future: asyncio.Task[None] | None = None  # an async step's task, or a one-by-one report's
-    ended: bool = False  # the step function returned or raised: its slot is free
+    ended: bool = False  # the step function returned or raised
+    unsettled: bool = False  # its result was handed to the reporter and has no verdict yet
     dropped: bool = False  # cancelled/lost/shutdown: never report
 
     def gave_up(self) -> bool:
@@ -104,6 +105,7 @@ class Worker:
         self._lock = threading.Lock()  # guards _held and the stop flags
         self._held: dict[str, _Held] = {}
         self._running = 0  # steps claimed and not finished yet (loop thread only)
+        self._unsettled = 0  # results handed to the reporter without a verdict yet (loop only)
         self._stop_requested = False
         self._force = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -293,7 +295,7 @@ class Worker:
         while not self._stopping():
             if self.registration.poll_accepts_results:
                 reporter.hold()  # a result finished from here on rides on the next poll
-            free = self.slots - self._running
+            free = self._free_slots()
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -301,12 +303,16 @@ class Worker:
             if free < self.slots // 2:
                 # Busy: let a few more slots free up so one poll claims a batch, not one task.
                 await self._linger_for_slots(POLL_LINGER_S)
-                free = self.slots - self._running
             worker_id = self.registration.worker_id
             assert worker_id is not None
             carried = reporter.take(MAX_CARRIED) if self.registration.poll_accepts_results else []
             if not carried:
                 reporter.release()  # this poll may wait long: results go on their own meanwhile
+            # The server frees a slot when it applies the step's result: results still on their
+            # way (or queued beyond what this poll carries) keep theirs busy, so the poll asks
+            # for what the server will find free (asking for more claims nothing more, and an
+            # empty claim would wait for new work). One at least: the carried results must go.
+            free = max(self.slots - self._running - self._unsettled + len(carried), 1)
             started = time.monotonic()
             try:
                 response = await asend(
@@ -345,10 +351,17 @@ class Worker:
             elif not carried and not body.get("cancelled"):
                 await asyncio.sleep(max(MIN_EMPTY_POLL_S - (time.monotonic() - started), 0))
 
+    def _free_slots(self) -> int:
+        """Slots the server will find free if the next poll carries every queued result."""
+        assert self._reporter is not None and self.registration is not None
+        carry = self.registration.poll_accepts_results
+        carriable = self._reporter.carriable if carry else 0
+        return self.slots - self._running - self._unsettled + carriable
+
     async def _linger_for_slots(self, seconds: float) -> None:
         assert self._slot_freed is not None
         deadline = time.monotonic() + seconds
-        while self.slots - self._running < self.slots // 2 and not self._stopping():
+        while self._free_slots() < self.slots // 2 and not self._stopping():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -417,6 +430,11 @@ class Worker:
 
     def _forget(self, held: _Held) -> None:
         """Nothing more to do for this step run (reported, refused or dropped)."""
+        if held.unsettled:
+            held.unsettled = False
+            self._unsettled -= 1
+            if self._slot_freed is not None:
+                self._slot_freed.set()
         with self._lock:
             if self._held.get(held.task.step_run_id) is held:
                 del self._held[held.task.step_run_id]
@@ -434,6 +452,8 @@ class Worker:
         assert self._reporter is not None
         task = held.task
         # Heartbeats keep the lease until the report is answered (``_verdict`` forgets it).
+        held.unsettled = True
+        self._unsettled += 1
         self._reporter.add(
             task.step_run_id,
             task.lease_token,

@@ -36,6 +36,11 @@ class FakeServer:
         self.carry = False  # polls may carry results (announced at registration)
         self.carried: list[str] = []  # step run ids that arrived on a poll
         self.refuse_carrying = 0  # this many polls carrying results answer 422
+        self.poll_cap: int | None = None  # tasks one poll hands out at most (poll_max_tasks)
+        self.results_delay = 0.0  # seconds /step-runs/results takes to answer
+        self.bare_poll_delay = 0.0  # seconds a poll carrying no result takes to answer
+        self.outstanding = 0  # tasks handed out whose result has not arrived
+        self.overasked: list[tuple[int, int]] = []  # (max_tasks, slots free here) of polls
         self.sync = httpx.MockTransport(self.handle)
         self.async_ = httpx.MockTransport(self.ahandle)
 
@@ -84,6 +89,7 @@ class FakeServer:
 
     def take_results(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
+        self.outstanding -= len(items)
         for item in items:
             sr = item.pop("step_run_id")
             kind = "fail" if "error" in item else "complete"
@@ -96,8 +102,12 @@ class FakeServer:
 
     async def ahandle(self, request: httpx.Request) -> httpx.Response:
         if not request.url.path.endswith("/poll"):
+            if request.url.path.endswith("/step-runs/results") and self.results_delay:
+                await asyncio.sleep(self.results_delay)
             return self.handle(request)
         body = json.loads(request.content)
+        if self.bare_poll_delay and not body.get("results"):
+            await asyncio.sleep(self.bare_poll_delay)
         with self.lock:
             if self.forget_worker:
                 self.forget_worker = False
@@ -109,7 +119,12 @@ class FakeServer:
             self.carried += [item["step_run_id"] for item in carried]
             results = self.take_results(carried)
             self.polls.append(body["max_tasks"])
-            tasks, self.queue = self.queue[: body["max_tasks"]], self.queue[body["max_tasks"] :]
+            free = self.registrations[-1]["slots"] - self.outstanding
+            if body["max_tasks"] > free:
+                self.overasked.append((body["max_tasks"], free))
+            n = min(body["max_tasks"], free, self.poll_cap or body["max_tasks"])
+            tasks, self.queue = self.queue[:n], self.queue[n:]
+            self.outstanding += len(tasks)
             cancelled, self.poll_cancelled = self.poll_cancelled, []
         if not tasks and not cancelled and not carried:
             await asyncio.sleep(0.01)
@@ -213,6 +228,34 @@ async def test_never_asks_for_more_tasks_than_free_slots() -> None:
     await asyncio.wait_for(runner, 5)
     assert len(server.polls) >= 2  # polling resumed once a slot freed
     assert 1 <= max(server.polls) <= 2
+
+
+async def test_a_poll_asks_only_for_the_slots_the_server_finds_free() -> None:
+    """A result on its way on its own keeps its slot busy on the server until it is applied:
+    a poll counting that slot as free would claim nothing for it, and a real server's poll
+    that claims nothing waits for new work instead of answering."""
+    wf = Workflow("w")
+
+    @wf.step
+    def quick(ctx: Context) -> str:
+        return ctx.step_run_id
+
+    server = FakeServer()
+    server.carry = True
+    server.poll_cap = 2  # fewer than the worker's slots: it polls again while steps run
+    # The second poll carries nothing (its steps had not finished): while it is answered, the
+    # first poll's steps finish and their results go on their own, and take a while.
+    server.bare_poll_delay = 0.05
+    server.results_delay = 0.3
+    for i in range(16):
+        server.add_task(str(i), "w.quick")
+    worker = make_worker(server, [wf], slots=4)
+    runner = asyncio.create_task(worker.arun())
+    await until(lambda: len(server.reports) == 16)
+    worker.stop()
+    await asyncio.wait_for(runner, 5)
+    assert sorted(sr for sr, _, _ in server.reports) == sorted(str(i) for i in range(16))
+    assert server.overasked == []
 
 
 async def test_cancelled_and_lost_steps_stop_and_are_not_reported() -> None:
