@@ -27,7 +27,7 @@ from api.schemas import (
 )
 from api.service import Service, service
 from api.tenancy import tenant_id
-from db import leases, payloads, reaper
+from db import leases, payloads, poll_fn, reaper
 from db.errors import CairnDBError, InvalidPayload, LeaseConflict
 from db.pg import Conn
 from db.types import Effects, PollResult
@@ -126,11 +126,32 @@ async def poll(
     async def claim_alone(conn: Conn, effects: Effects) -> PollResult | None:
         return await leases.claim(conn, tenant, wid, max_tasks=max_tasks, effects=effects)
 
+    async def completing(conn: Conn, effects: Effects) -> PollResult | None:
+        nonlocal answers
+        assert batch is not None
+        done = await poll_fn.poll_completing(
+            conn,
+            tenant,
+            wid,
+            leases.completion_items([c for _, c in batch.completions]),
+            max_tasks=max_tasks,
+            effects=effects,
+        )
+        if done is not None:
+            answers = [
+                results.answer(sid, "succeeded", None) for _, (sid, _, _) in batch.completions
+            ]
+        return done
+
     async def claim_once() -> PollResult:
         if batch is None:  # one statement, no transaction block (unless cancellations wait)
             alone = await svc.statement(claim_alone)
             if alone is not None:
                 return alone
+        elif not batch.failures:  # completions only: one call (db/poll_fn.py), usually
+            done = await svc.statement(completing)
+            if done is not None:
+                return done
         return await svc.tx(claim)
 
     actions = svc.worker_actions(wid)

@@ -228,6 +228,15 @@ def _quote(value: str) -> str:
     return orjson.dumps(value).decode()
 
 
+def completion_items(items: list[tuple[str, str, str]]) -> str:
+    """``COMPLETE_MANY``'s items: ``(step_run_id, lease_token, output_json)`` as a JSON array."""
+    doc = ",".join(
+        f'{{"id":{_quote(sid)},"token":{_quote(token)},"output":{{"v":{output}}}}}'
+        for sid, token, output in items
+    )
+    return f"[{doc}]"
+
+
 async def complete_many(
     conn: Conn,
     tenant: str,
@@ -241,15 +250,11 @@ async def complete_many(
     Three statements for the whole batch; a refused item gets the reason it was refused (after
     any lease revocation it causes), in the order given.
     """
-    doc = ",".join(
-        f'{{"id":{_quote(sid)},"token":{_quote(token)},"output":{{"v":{output}}}}}'
-        for sid, token, output in items
-    )
     # Columns by key: a Row attribute is a Python call per column (see Row).
     done = {
         r["id"]: r
         for r in await conn.execute(
-            Q.COMPLETE_MANY, {"items": f"[{doc}]", "tenant": tenant, "now": now}
+            Q.COMPLETE_MANY, {"items": completion_items(items), "tenant": tenant, "now": now}
         )
     }
     if done:

@@ -19,9 +19,14 @@ CLEAR_LEASE = "lease_token = NULL, lease_expires_at = NULL, timeout_at = NULL"
 _UTC = re.compile(r"\{UTC:([^}]+)\}")
 
 
-def q(sql: str) -> TextClause:
+def expand(sql: str) -> str:
+    """The macros: ``{NOW}`` and ``{UTC:expr}``."""
     sql = _UTC.sub(r"""to_char(\1 AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')""", sql)
-    return text(sql.replace("{NOW}", NOW))
+    return sql.replace("{NOW}", NOW)
+
+
+def q(sql: str) -> TextClause:
+    return text(expand(sql))
 
 
 # --- workflows ----------------------------------------------------------------------------------
@@ -255,16 +260,15 @@ SETTLE_RUNS = q(f"WITH {_SETTLE}\nSELECT id, status FROM settled")
 # settle's count of open steps is the same either way, and the two update disjoint rows (promotion
 # never touches on_failure steps; the settle skips only those). Runs with no pending step are not
 # searched for steps to promote (a one-step run has none).
-SUCCEED_RUNS = q(
-    f"""WITH {_SETTLE}, promoted AS ({
-        _PROMOTE.replace("{RUNS}", "ARRAY(SELECT run_id FROM agg WHERE pending > 0)")
-    }
-)
+SUCCEED_CTES = f"""WITH {_SETTLE}, promoted AS ({
+    _PROMOTE.replace("{RUNS}", "ARRAY(SELECT run_id FROM agg WHERE pending > 0)")
+}
+)"""
+SUCCEED_RUNS = q(f"""{SUCCEED_CTES}
 SELECT 'settled' AS kind, id::text AS a, status AS b FROM settled
 UNION ALL
 SELECT 'queued', tenant_id::text, action FROM promoted
-"""
-)
+""")
 
 # The attempt a running step run holds ends: its history row is written from the step run's lease,
 # before the caller changes the step run.
@@ -341,7 +345,7 @@ SELECT id, run_id FROM step_runs WHERE worker_id = :worker AND status = 'running
 # queue is and however many actions the worker serves. One row per claimed step run, or one row
 # of NULL task columns when none was; the worker's columns only on the first row; no row at all
 # when the worker is not registered.
-CLAIM = q("""
+CLAIM_CTES = """
 WITH w AS (
   SELECT id, actions, lease_timeout_s,
     ARRAY(SELECT s.id::text FROM step_runs s WHERE s.worker_id = :worker AND s.status = 'running'
@@ -382,21 +386,29 @@ WITH w AS (
     SELECT workflow_name, version, input FROM runs WHERE runs.id = c.run_id OFFSET 0
   ) r
 )
-SELECT
-  CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.actions END AS actions,
-  CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.cancelled END
-    AS cancelled,
-  lim.n,
-  CASE WHEN t.id IS NOT NULL THEN CAST(json_build_object(
+"""
+
+# One claimed step run as the JSON text of a poll's task.
+CLAIM_TASK = """CAST(json_build_object(
     'step_run_id', t.id, 'run_id', t.run_id, 'workflow', t.workflow_name, 'version', t.version,
     'step', t.step_name, 'action', t.action, 'attempt', t.attempt, 'lease_token', t.lease_token,
     'input', t.input, 'parents', COALESCE(t.parent_outputs, '{}'),
     'timeout_at', {UTC:t.timeout_at}, 'lease_expires_at', {UTC:t.lease_expires_at},
-    'delivery', t.delivery) AS text) END AS task,
+    'delivery', t.delivery) AS text)"""
+
+CLAIM = q(
+    CLAIM_CTES
+    + f"""SELECT
+  CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.actions END AS actions,
+  CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.cancelled END
+    AS cancelled,
+  lim.n,
+  CASE WHEN t.id IS NOT NULL THEN {CLAIM_TASK} END AS task,
   EXTRACT(EPOCH FROM (t.started_at - t.available_at)) AS queue_latency
 FROM w CROSS JOIN lim LEFT JOIN tasks t ON true
 ORDER BY t.available_at, t.id
-""")
+"""
+)
 
 RENEW_LEASES = q("""
 UPDATE step_runs SET lease_expires_at = {NOW} + make_interval(secs => :lease_s)
@@ -439,7 +451,7 @@ FROM step_runs WHERE id = ANY(CAST(:ids AS uuid[])) AND tenant_id = :tenant
 # the lease token (a token is on a step run only while it runs: CHECK token_iff_running); the
 # status is not named, so no partial index on running step runs matches and each step run is
 # read by key, however many are running and whatever the statistics say.
-COMPLETE_MANY = q(f"""
+COMPLETE_CTES = f"""
 WITH items AS (
   SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(id uuid, token uuid, output jsonb)
 ), locked AS (
@@ -461,8 +473,10 @@ WITH items AS (
   SELECT tenant_id, id, attempt, worker_id, token, started_at, {{NOW}}, 'succeeded', NULL
   FROM done
 )
-SELECT id::text AS id, run_id::text AS run_id, duration FROM done
-""")
+"""
+COMPLETE_MANY = q(
+    COMPLETE_CTES + "\nSELECT id::text AS id, run_id::text AS run_id, duration FROM done\n"
+)
 
 LOCK_HELD_STEP = q("""
 WITH lock_run AS (

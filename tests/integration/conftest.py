@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -139,3 +140,14 @@ async def api(settings_factory: Callable[..., Settings]) -> AsyncIterator[Api]:
 
 
 AsyncFn = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+async def slow_recheck_api(settings_factory: Callable[..., Settings]) -> AsyncIterator[Api]:
+    """An API whose long-polls re-check only hourly: only a NOTIFY can wake them in time."""
+    app = create_app(settings_factory(poll_recheck_s=3600.0))
+    async with app.router.lifespan_context(app):
+        await asyncio.wait_for(app.state.service.notifier.connected.wait(), 10)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://cairn") as client:
+            yield Api(client, app)

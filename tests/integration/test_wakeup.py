@@ -3,25 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 
-import httpx
-import pytest
-
-from api.app import create_app
-from api.settings import Settings
 from tests.integration.conftest import Api
-
-
-@pytest.fixture
-async def slow_recheck_api(settings_factory: Callable[..., Settings]) -> AsyncIterator[Api]:
-    # The fallback re-check is an hour away: only a NOTIFY can wake the poll in time.
-    app = create_app(settings_factory(poll_recheck_s=3600.0))
-    async with app.router.lifespan_context(app):
-        await asyncio.wait_for(app.state.service.notifier.connected.wait(), 10)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://cairn") as client:
-            yield Api(client, app)
 
 
 async def test_long_poll_wakes_when_work_is_queued(slow_recheck_api: Api) -> None:

@@ -1,0 +1,189 @@
+"""The cairn_poll function: a poll carrying completions in one round trip (``db/poll_fn.py``)
+
+The function runs the completion, the promotion and settling of the runs and the claim, the
+named statements of ``db/queries.py`` as they were when this migration was written, in one call.
+Its body is frozen here; a later change to those statements re-creates it in a new migration
+(``tests/integration/test_poll_function.py`` fails until one does).
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-03 07:40:00.000000
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+SIGNATURE = (
+    "cairn_poll(p_tenant uuid, p_worker uuid, p_items text, p_max_tasks integer, p_now timestamptz)"
+)
+COLUMNS = (
+    "kind text, id text, run_id text, seconds double precision, status text, actions text[],"
+    " cancelled text[], n integer, task text"
+)
+BODY = r"""
+#variable_conflict use_column
+DECLARE
+  d_ids text[]; d_runs text[]; d_seconds double precision[]; p_runs uuid[];
+  s_ids text[]; s_statuses text[]; q_tenants text[]; q_actions text[];
+BEGIN
+  -- The worker is registered and no cancellation waits for it (else: one by one).
+  IF NOT EXISTS (SELECT 1 FROM workers WHERE tenant_id = p_tenant AND id = p_worker
+                 AND deregistered_at IS NULL)
+     OR EXISTS (SELECT 1 FROM step_runs WHERE worker_id = p_worker AND status = 'running'
+                AND cancel_requested_at IS NOT NULL) THEN
+    RAISE EXCEPTION 'cairn_poll: not the common case' USING ERRCODE = 'CRN01';
+  END IF;
+  
+WITH items AS (
+  SELECT * FROM jsonb_to_recordset(CAST(p_items AS jsonb)) AS i(id uuid, token uuid, output jsonb)
+), locked AS (
+  SELECT r.id FROM runs r
+  WHERE r.id = ANY(ARRAY(SELECT s.run_id FROM step_runs s JOIN items i ON i.id = s.id))
+  ORDER BY r.id FOR UPDATE
+), done AS (
+  UPDATE step_runs s SET status = 'succeeded', output = i.output -> 'v', error = NULL,
+    lease_token = NULL, lease_expires_at = NULL, timeout_at = NULL, finished_at = COALESCE(CAST(p_now AS timestamptz), now())
+  FROM items i
+  WHERE s.id = i.id AND s.tenant_id = p_tenant
+    AND (SELECT count(*) FROM locked) >= 0  -- runs locked first (one-time filter)
+    AND s.lease_token = i.token AND s.cancel_requested_at IS NULL
+    AND s.lease_expires_at > COALESCE(CAST(p_now AS timestamptz), now())
+  RETURNING s.id, s.run_id, s.tenant_id, s.attempt, s.worker_id, s.started_at, i.token,
+    EXTRACT(EPOCH FROM (COALESCE(CAST(p_now AS timestamptz), now()) - s.started_at)) AS duration
+), hist AS (
+  INSERT INTO step_attempts (tenant_id, step_run_id, attempt, worker_id, lease_token, started_at, ended_at, outcome, error)
+  SELECT tenant_id, id, attempt, worker_id, token, started_at, COALESCE(CAST(p_now AS timestamptz), now()), 'succeeded', NULL
+  FROM done
+)
+SELECT array_agg(id::text), array_agg(run_id::text), array_agg(duration)
+  INTO d_ids, d_runs, d_seconds FROM done;
+  -- Every result applied (a refused or repeated one: one by one).
+  IF coalesce(cardinality(d_ids), 0) <> jsonb_array_length(CAST(p_items AS jsonb)) THEN
+    RAISE EXCEPTION 'cairn_poll: a result was refused' USING ERRCODE = 'CRN01';
+  END IF;
+  p_runs := ARRAY(SELECT DISTINCT CAST(r AS uuid) FROM unnest(d_runs) AS r ORDER BY 1);
+  WITH 
+agg AS (
+  SELECT run_id,
+    count(*) FILTER (
+      WHERE status IN ('pending', 'queued', 'running') AND NOT (is_on_failure AND status = 'pending')) AS open,
+    count(*) FILTER (WHERE status = 'failed' AND NOT is_on_failure) AS failed,
+    count(*) FILTER (WHERE status = 'pending' AND NOT is_on_failure) AS pending,
+    count(*) FILTER (WHERE status = 'pending' AND is_on_failure) AS handlers,
+    min(started_at) AS first_start
+  FROM step_runs WHERE run_id = ANY(CAST(p_runs AS uuid[])) GROUP BY run_id
+), settled AS (
+  UPDATE runs SET
+    status = CASE WHEN agg.open > 0 THEN 'running'
+                  WHEN agg.failed > 0 THEN 'failed' ELSE 'succeeded' END,
+    finished_at = CASE WHEN agg.open > 0 THEN NULL ELSE COALESCE(CAST(p_now AS timestamptz), now()) END,
+    started_at = COALESCE(runs.started_at, agg.first_start, COALESCE(CAST(p_now AS timestamptz), now())),
+    error = CASE WHEN agg.open = 0 AND agg.failed > 0 THEN (
+      SELECT jsonb_build_object('step', f.step_name, 'error', f.error) FROM step_runs f
+      WHERE f.run_id = agg.run_id AND f.status = 'failed' AND NOT f.is_on_failure
+      ORDER BY f.finished_at, f.position LIMIT 1) END
+  FROM agg WHERE runs.id = agg.run_id AND runs.status IN ('queued', 'running')
+    AND (agg.open = 0 OR runs.status = 'queued')
+  RETURNING runs.id, runs.status, agg.handlers
+), skipped AS (
+  UPDATE step_runs SET status = 'skipped', finished_at = COALESCE(CAST(p_now AS timestamptz), now())
+  WHERE run_id = ANY(ARRAY(SELECT id FROM settled
+                           WHERE status IN ('succeeded', 'failed') AND handlers > 0))
+    AND is_on_failure AND status = 'pending'
+), promoted AS (
+UPDATE step_runs c SET status = 'queued', available_at = COALESCE(CAST(p_now AS timestamptz), now()), queued_at = COALESCE(CAST(p_now AS timestamptz), now()),
+  schedule_deadline = COALESCE(CAST(p_now AS timestamptz), now()) + make_interval(secs => c.schedule_timeout_s),
+  parent_outputs = (SELECT COALESCE(jsonb_object_agg(p.step_name, p.output), '{}'::jsonb)
+                    FROM step_runs p WHERE p.run_id = c.run_id AND p.step_name = ANY(c.parents))
+WHERE c.run_id = ANY(ARRAY(SELECT run_id FROM agg WHERE pending > 0)) AND c.status = 'pending' AND NOT c.is_on_failure
+  AND NOT EXISTS (SELECT 1 FROM step_runs p WHERE p.run_id = c.run_id
+                  AND p.step_name = ANY(c.parents) AND p.status <> 'succeeded')
+RETURNING c.tenant_id, c.action
+)
+SELECT array_agg(id::text), array_agg(status::text),
+  (SELECT array_agg(tenant_id::text) FROM promoted), (SELECT array_agg(action::text) FROM promoted)
+  INTO s_ids, s_statuses, q_tenants, q_actions FROM settled;
+  PERFORM pg_notify('cairn_queue', x)
+  FROM (SELECT DISTINCT t || ':' || a AS x FROM unnest(q_tenants, q_actions) AS u(t, a)
+        ORDER BY 1) d;
+  RETURN QUERY SELECT 'done'::text, u.i, u.r, u.s, NULL::text, NULL::text[], NULL::text[],
+    NULL::integer, NULL::text FROM unnest(d_ids, d_runs, d_seconds) AS u(i, r, s);
+  RETURN QUERY SELECT 'settled'::text, u.i, NULL::text, NULL::double precision, u.s,
+    NULL::text[], NULL::text[], NULL::integer, NULL::text
+    FROM unnest(s_ids, s_statuses) AS u(i, s);
+  RETURN QUERY SELECT 'queued'::text, u.t, NULL::text, NULL::double precision, u.a,
+    NULL::text[], NULL::text[], NULL::integer, NULL::text
+    FROM unnest(q_tenants, q_actions) AS u(t, a);
+  RETURN QUERY 
+WITH w AS (
+  SELECT id, actions, lease_timeout_s,
+    ARRAY(SELECT s.id::text FROM step_runs s WHERE s.worker_id = p_worker AND s.status = 'running'
+          AND s.cancel_requested_at IS NOT NULL) AS cancelled,
+    slots - (SELECT count(*) FROM step_runs s WHERE s.worker_id = p_worker
+             AND s.status = 'running') AS free
+  FROM workers
+  WHERE tenant_id = p_tenant AND id = p_worker AND deregistered_at IS NULL
+), seen AS (
+  UPDATE workers SET last_seen_at = COALESCE(CAST(p_now AS timestamptz), now())
+  WHERE id IN (SELECT id FROM w) AND last_seen_at < COALESCE(CAST(p_now AS timestamptz), now()) - interval '1 second'
+), lim AS (
+  SELECT CASE WHEN cardinality(cancelled) > 0 THEN 0
+              ELSE GREATEST(LEAST(CAST(p_max_tasks AS integer), free), 0) END AS n
+  FROM w
+), cand AS (
+  SELECT c.id, c.available_at FROM w CROSS JOIN LATERAL unnest(w.actions) AS a(action)
+  CROSS JOIN LATERAL (
+    SELECT s.id, s.available_at FROM step_runs s
+    WHERE s.tenant_id = p_tenant AND s.status = 'queued' AND s.action = a.action
+      AND s.available_at <= COALESCE(CAST(p_now AS timestamptz), now())
+    ORDER BY s.available_at, s.id
+    LIMIT (SELECT n FROM lim)
+    FOR UPDATE SKIP LOCKED
+  ) c
+  ORDER BY c.available_at, c.id
+  LIMIT (SELECT n FROM lim)
+), claimed AS (
+  UPDATE step_runs s SET status = 'running', attempt = s.attempt + 1,
+    lease_token = gen_random_uuid(), worker_id = p_worker,
+    lease_expires_at = COALESCE(CAST(p_now AS timestamptz), now()) + make_interval(secs => (SELECT lease_timeout_s FROM w)),
+    timeout_at = COALESCE(CAST(p_now AS timestamptz), now()) + make_interval(secs => s.timeout_s), started_at = COALESCE(CAST(p_now AS timestamptz), now())
+  WHERE s.id = ANY(ARRAY(SELECT id FROM cand)) AND s.status = 'queued'
+  RETURNING s.id, s.run_id, s.step_name, s.action, s.attempt, s.lease_token, s.started_at,
+    s.parent_outputs, s.timeout_at, s.lease_expires_at, s.delivery, s.available_at
+), tasks AS (
+  SELECT c.*, r.workflow_name, r.version, r.input FROM claimed c CROSS JOIN LATERAL (
+    SELECT workflow_name, version, input FROM runs WHERE runs.id = c.run_id OFFSET 0
+  ) r
+)
+SELECT 'claim'::text, NULL::text, NULL::text,
+  EXTRACT(EPOCH FROM (t.started_at - t.available_at))::double precision, NULL::text,
+  CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.actions END,
+  CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.cancelled END,
+  lim.n::integer,
+  CASE WHEN t.id IS NOT NULL THEN CAST(json_build_object(
+    'step_run_id', t.id, 'run_id', t.run_id, 'workflow', t.workflow_name, 'version', t.version,
+    'step', t.step_name, 'action', t.action, 'attempt', t.attempt, 'lease_token', t.lease_token,
+    'input', t.input, 'parents', COALESCE(t.parent_outputs, '{}'),
+    'timeout_at', to_char(t.timeout_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), 'lease_expires_at', to_char(t.lease_expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+    'delivery', t.delivery) AS text) END
+FROM w CROSS JOIN lim LEFT JOIN tasks t ON true
+ORDER BY t.available_at, t.id;
+END
+"""
+
+
+def upgrade() -> None:
+    op.execute(
+        f"CREATE OR REPLACE FUNCTION {SIGNATURE}\nRETURNS TABLE ({COLUMNS})\n"
+        f"LANGUAGE plpgsql AS $cairn_poll${BODY}$cairn_poll$"
+    )
+
+
+def downgrade() -> None:
+    op.execute("DROP FUNCTION cairn_poll(uuid, uuid, text, integer, timestamptz)")

@@ -1,0 +1,171 @@
+"""A poll carrying completions, in one round trip: the ``cairn_poll`` database function.
+
+A busy worker's poll carries the results of its last batch and claims the next one. Run as
+statements that is BEGIN, the completion, the promotion and settling of the runs, the claim and
+COMMIT: five round trips between the API and Postgres, each waiting on both. ``cairn_poll`` runs
+the same named statements (``COMPLETE_CTES``, ``SUCCEED_CTES``, ``CLAIM_CTES`` of
+``db/queries.py``, built into its body here) inside one function call, which is one statement
+and so one transaction: the guarantees are the statements' own, and the poll's atomicity is the
+call's.
+
+The function takes the common case only. When anything needs more than those statements (a
+result refused, a cancellation waiting for the worker, a worker not registered) it raises
+``FALLBACK``, which rolls the call back, and the caller runs the statements one by one
+(``db.leases`` and ``api.results``), which answer every such case as before.
+
+The function is created by a migration, from the body this module builds when the migration was
+written; ``tests/integration/test_poll_function.py`` fails when the body built from today's named
+statements differs from the one installed, so a change to those statements comes with a
+migration that re-creates the function.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from db import queries as Q
+from db.pg import _BIND, Conn
+from db.types import Effects, PollResult
+
+FALLBACK = "CRN01"  # SQLSTATE raised by cairn_poll: run the statements one by one instead
+NAME = "cairn_poll"
+ARGS = "p_tenant uuid, p_worker uuid, p_items text, p_max_tasks integer, p_now timestamptz"
+COLUMNS = (
+    "kind text, id text, run_id text, seconds double precision, status text, actions text[],"
+    " cancelled text[], n integer, task text"
+)
+
+
+def _plpgsql(sql: str) -> str:
+    """A named statement's text with ``:name`` parameters as the function's ``p_name``."""
+    return _BIND.sub(lambda m: f"p_{m.group(1)}", Q.expand(sql))
+
+
+def body() -> str:
+    """The function's body, from the named statements."""
+    complete = _plpgsql(
+        Q.COMPLETE_CTES
+        + "SELECT array_agg(id::text), array_agg(run_id::text), array_agg(duration)\n"
+        + "  INTO d_ids, d_runs, d_seconds FROM done"
+    )
+    succeed = _plpgsql(
+        Q.SUCCEED_CTES
+        + """
+SELECT array_agg(id::text), array_agg(status::text),
+  (SELECT array_agg(tenant_id::text) FROM promoted), (SELECT array_agg(action::text) FROM promoted)
+  INTO s_ids, s_statuses, q_tenants, q_actions FROM settled"""
+    )
+    claim = _plpgsql(
+        Q.CLAIM_CTES
+        + f"""SELECT 'claim'::text, NULL::text, NULL::text,
+  EXTRACT(EPOCH FROM (t.started_at - t.available_at))::double precision, NULL::text,
+  CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.actions END,
+  CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.cancelled END,
+  lim.n::integer,
+  CASE WHEN t.id IS NOT NULL THEN {Q.CLAIM_TASK} END
+FROM w CROSS JOIN lim LEFT JOIN tasks t ON true
+ORDER BY t.available_at, t.id"""
+    )
+    return f"""
+#variable_conflict use_column
+DECLARE
+  d_ids text[]; d_runs text[]; d_seconds double precision[]; p_runs uuid[];
+  s_ids text[]; s_statuses text[]; q_tenants text[]; q_actions text[];
+BEGIN
+  -- The worker is registered and no cancellation waits for it (else: one by one).
+  IF NOT EXISTS (SELECT 1 FROM workers WHERE tenant_id = p_tenant AND id = p_worker
+                 AND deregistered_at IS NULL)
+     OR EXISTS (SELECT 1 FROM step_runs WHERE worker_id = p_worker AND status = 'running'
+                AND cancel_requested_at IS NOT NULL) THEN
+    RAISE EXCEPTION 'cairn_poll: not the common case' USING ERRCODE = '{FALLBACK}';
+  END IF;
+  {complete};
+  -- Every result applied (a refused or repeated one: one by one).
+  IF coalesce(cardinality(d_ids), 0) <> jsonb_array_length(CAST(p_items AS jsonb)) THEN
+    RAISE EXCEPTION 'cairn_poll: a result was refused' USING ERRCODE = '{FALLBACK}';
+  END IF;
+  p_runs := ARRAY(SELECT DISTINCT CAST(r AS uuid) FROM unnest(d_runs) AS r ORDER BY 1);
+  {succeed};
+  PERFORM pg_notify('cairn_queue', x)
+  FROM (SELECT DISTINCT t || ':' || a AS x FROM unnest(q_tenants, q_actions) AS u(t, a)
+        ORDER BY 1) d;
+  RETURN QUERY SELECT 'done'::text, u.i, u.r, u.s, NULL::text, NULL::text[], NULL::text[],
+    NULL::integer, NULL::text FROM unnest(d_ids, d_runs, d_seconds) AS u(i, r, s);
+  RETURN QUERY SELECT 'settled'::text, u.i, NULL::text, NULL::double precision, u.s,
+    NULL::text[], NULL::text[], NULL::integer, NULL::text
+    FROM unnest(s_ids, s_statuses) AS u(i, s);
+  RETURN QUERY SELECT 'queued'::text, u.t, NULL::text, NULL::double precision, u.a,
+    NULL::text[], NULL::text[], NULL::integer, NULL::text
+    FROM unnest(q_tenants, q_actions) AS u(t, a);
+  RETURN QUERY {claim};
+END
+"""
+
+
+def create_sql(text: str | None = None) -> str:
+    """``CREATE OR REPLACE FUNCTION`` with ``text`` (default: today's body)."""
+    return (
+        f"CREATE OR REPLACE FUNCTION {NAME}({ARGS})\nRETURNS TABLE ({COLUMNS})\n"
+        f"LANGUAGE plpgsql AS $cairn_poll${body() if text is None else text}$cairn_poll$"
+    )
+
+
+CALL = Q.q(f"SELECT * FROM {NAME}(:tenant, :worker, :items, :max_tasks, :now)")
+
+
+async def poll_completing(
+    conn: Conn,
+    tenant: str,
+    worker_id: str,
+    items: str,
+    *,
+    max_tasks: int,
+    effects: Effects,
+    now: datetime | None = None,
+) -> PollResult | None:
+    """Apply completions (``items``: ``COMPLETE_MANY``'s JSON array) and claim, in one call;
+    ``None`` when the caller must run the statements one by one (nothing was applied)."""
+    try:
+        rows = await conn.execute(
+            CALL,
+            {
+                "tenant": tenant,
+                "worker": worker_id,
+                "items": items,
+                "max_tasks": max_tasks,
+                "now": now,
+            },
+        )
+    except asyncpg.PostgresError as err:
+        if getattr(err, "sqlstate", None) == FALLBACK:
+            return None
+        raise
+    tasks: list[str] = []
+    head = None
+    for row in rows:
+        kind = row["kind"]
+        if kind == "claim":
+            if head is None:
+                head = row
+            if row["task"] is not None:
+                tasks.append(row["task"])
+                effects.queue_latencies.append(max(float(row["seconds"] or 0.0), 0.0))
+        elif kind == "done":
+            effects.step_statuses["succeeded"] += 1
+            effects.step_durations.append(float(row["seconds"] or 0.0))
+        elif kind == "settled":
+            if row["status"] in ("succeeded", "failed"):
+                effects.run_statuses[row["status"]] += 1
+        else:  # queued: the function has sent its NOTIFY
+            effects.step_statuses["queued"] += 1
+    assert head is not None  # the worker is registered: the claim returns a row
+    effects.step_statuses["running"] += len(tasks)
+    # A cancellation requested since the check claimed nothing: the next poll delivers it.
+    return PollResult(
+        tasks=tuple(tasks),
+        cancelled=(),
+        actions=tuple(head["actions"]),
+        full=len(tasks) >= head["n"],
+    )
