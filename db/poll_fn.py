@@ -47,8 +47,8 @@ def body() -> str:
     """The function's body, from the named statements."""
     complete = _plpgsql(
         Q.COMPLETE_CTES
-        + "SELECT array_agg(id::text), array_agg(run_id::text), array_agg(duration)\n"
-        + "  INTO d_ids, d_runs, d_seconds FROM done"
+        + "SELECT array_agg(id::text), array_agg(run_id::text), array_agg(duration),\n"
+        + "  (SELECT count(*) FROM items) INTO d_ids, d_runs, d_seconds, n_items FROM done"
     )
     succeed = _plpgsql(
         Q.SUCCEED_CTES
@@ -71,7 +71,7 @@ ORDER BY t.available_at, t.id"""
     return f"""
 #variable_conflict use_column
 DECLARE
-  d_ids text[]; d_runs text[]; d_seconds double precision[]; p_runs uuid[];
+  d_ids text[]; d_runs text[]; d_seconds double precision[]; n_items bigint; p_runs uuid[];
   s_ids text[]; s_statuses text[]; q_tenants text[]; q_actions text[];
 BEGIN
   -- The worker is registered and no cancellation waits for it (else: one by one).
@@ -83,7 +83,7 @@ BEGIN
   END IF;
   {complete};
   -- Every result applied (a refused or repeated one: one by one).
-  IF coalesce(cardinality(d_ids), 0) <> jsonb_array_length(CAST(p_items AS jsonb)) THEN
+  IF coalesce(cardinality(d_ids), 0) <> n_items THEN
     RAISE EXCEPTION 'cairn_poll: a result was refused' USING ERRCODE = '{FALLBACK}';
   END IF;
   p_runs := ARRAY(SELECT DISTINCT CAST(r AS uuid) FROM unnest(d_runs) AS r ORDER BY 1);

@@ -29,7 +29,7 @@ COLUMNS = (
 BODY = r"""
 #variable_conflict use_column
 DECLARE
-  d_ids text[]; d_runs text[]; d_seconds double precision[]; p_runs uuid[];
+  d_ids text[]; d_runs text[]; d_seconds double precision[]; n_items bigint; p_runs uuid[];
   s_ids text[]; s_statuses text[]; q_tenants text[]; q_actions text[];
 BEGIN
   -- The worker is registered and no cancellation waits for it (else: one by one).
@@ -61,10 +61,10 @@ WITH items AS (
   SELECT tenant_id, id, attempt, worker_id, token, started_at, COALESCE(CAST(p_now AS timestamptz), now()), 'succeeded', NULL
   FROM done
 )
-SELECT array_agg(id::text), array_agg(run_id::text), array_agg(duration)
-  INTO d_ids, d_runs, d_seconds FROM done;
+SELECT array_agg(id::text), array_agg(run_id::text), array_agg(duration),
+  (SELECT count(*) FROM items) INTO d_ids, d_runs, d_seconds, n_items FROM done;
   -- Every result applied (a refused or repeated one: one by one).
-  IF coalesce(cardinality(d_ids), 0) <> jsonb_array_length(CAST(p_items AS jsonb)) THEN
+  IF coalesce(cardinality(d_ids), 0) <> n_items THEN
     RAISE EXCEPTION 'cairn_poll: a result was refused' USING ERRCODE = 'CRN01';
   END IF;
   p_runs := ARRAY(SELECT DISTINCT CAST(r AS uuid) FROM unnest(d_runs) AS r ORDER BY 1);
