@@ -19,7 +19,7 @@ import orjson
 from sqlalchemy import TextClause
 
 # The same pattern SQLAlchemy's text() uses for ``:name`` (not ``::cast``, not ``\:``).
-_BIND = re.compile(r"(?<![:\w\x5c]):(\w+)(?![:\w])", re.UNICODE)
+BIND = re.compile(r"(?<![:\w\x5c]):(\w+)(?![:\w])", re.UNICODE)
 _compiled: dict[str, tuple[str, tuple[str, ...]]] = {}
 
 StatementListener = Callable[[str], None]
@@ -38,7 +38,7 @@ def compile_sql(sql: str) -> tuple[str, tuple[str, ...]]:
             names.append(name)
         return f"${names.index(name) + 1}"
 
-    out = (_BIND.sub(number, sql).replace("\\:", ":"), tuple(names))
+    out = (BIND.sub(number, sql).replace("\\:", ":"), tuple(names))
     _compiled[sql] = out
     return out
 

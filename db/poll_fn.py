@@ -9,8 +9,9 @@ and so one transaction: the guarantees are the statements' own, and the poll's a
 call's.
 
 The function takes the common case only. When anything needs more than those statements (a
-result refused, a cancellation waiting for the worker, a worker not registered) it raises
-``FALLBACK``, which rolls the call back, and the caller runs the statements one by one
+result refused or repeated, a cancellation waiting for the worker, a worker not registered) it
+raises ``FALLBACK``, which rolls the whole call back (its NOTIFYs too), and the caller runs the
+statements one by one
 (``db.leases`` and ``api.results``), which answer every such case as before.
 
 The function is created by a migration, from the body this module builds when the migration was
@@ -26,21 +27,16 @@ from datetime import datetime
 import asyncpg
 
 from db import queries as Q
-from db.pg import _BIND, Conn
+from db.pg import BIND, Conn
 from db.types import Effects, PollResult
 
 FALLBACK = "CRN01"  # SQLSTATE raised by cairn_poll: run the statements one by one instead
 NAME = "cairn_poll"
-ARGS = "p_tenant uuid, p_worker uuid, p_items text, p_max_tasks integer, p_now timestamptz"
-COLUMNS = (
-    "kind text, id text, run_id text, seconds double precision, status text, actions text[],"
-    " cancelled text[], n integer, task text"
-)
 
 
 def _plpgsql(sql: str) -> str:
     """A named statement's text with ``:name`` parameters as the function's ``p_name``."""
-    return _BIND.sub(lambda m: f"p_{m.group(1)}", Q.expand(sql))
+    return BIND.sub(lambda m: f"p_{m.group(1)}", Q.expand(sql))
 
 
 def body() -> str:
@@ -72,15 +68,8 @@ ORDER BY t.available_at, t.id"""
 #variable_conflict use_column
 DECLARE
   d_ids text[]; d_runs text[]; d_seconds double precision[]; n_items bigint; p_runs uuid[];
-  s_ids text[]; s_statuses text[]; q_tenants text[]; q_actions text[];
+  s_ids text[]; s_statuses text[]; q_tenants text[]; q_actions text[]; n_claim_rows bigint;
 BEGIN
-  -- The worker is registered and no cancellation waits for it (else: one by one).
-  IF NOT EXISTS (SELECT 1 FROM workers WHERE tenant_id = p_tenant AND id = p_worker
-                 AND deregistered_at IS NULL)
-     OR EXISTS (SELECT 1 FROM step_runs WHERE worker_id = p_worker AND status = 'running'
-                AND cancel_requested_at IS NOT NULL) THEN
-    RAISE EXCEPTION 'cairn_poll: not the common case' USING ERRCODE = '{FALLBACK}';
-  END IF;
   {complete};
   -- Every result applied (a refused or repeated one: one by one).
   IF coalesce(cardinality(d_ids), 0) <> n_items THEN
@@ -100,16 +89,16 @@ BEGIN
     NULL::text[], NULL::text[], NULL::integer, NULL::text
     FROM unnest(q_tenants, q_actions) AS u(t, a);
   RETURN QUERY {claim};
+  -- The claim answered for a registered worker (a row at least) with no cancellation waiting
+  -- for it, even one requested meanwhile (else: one by one, which delivers it).
+  GET DIAGNOSTICS n_claim_rows = ROW_COUNT;
+  IF n_claim_rows = 0 OR EXISTS (
+      SELECT 1 FROM step_runs WHERE worker_id = p_worker AND status = 'running'
+        AND cancel_requested_at IS NOT NULL) THEN
+    RAISE EXCEPTION 'cairn_poll: not the common case' USING ERRCODE = '{FALLBACK}';
+  END IF;
 END
 """
-
-
-def create_sql(text: str | None = None) -> str:
-    """``CREATE OR REPLACE FUNCTION`` with ``text`` (default: today's body)."""
-    return (
-        f"CREATE OR REPLACE FUNCTION {NAME}({ARGS})\nRETURNS TABLE ({COLUMNS})\n"
-        f"LANGUAGE plpgsql AS $cairn_poll${body() if text is None else text}$cairn_poll$"
-    )
 
 
 CALL = Q.q(f"SELECT * FROM {NAME}(:tenant, :worker, :items, :max_tasks, :now)")
@@ -160,9 +149,8 @@ async def poll_completing(
                 effects.run_statuses[row["status"]] += 1
         else:  # queued: the function has sent its NOTIFY
             effects.step_statuses["queued"] += 1
-    assert head is not None  # the worker is registered: the claim returns a row
+    assert head is not None  # else the function fell back: the claim returns a row at least
     effects.step_statuses["running"] += len(tasks)
-    # A cancellation requested since the check claimed nothing: the next poll delivers it.
     return PollResult(
         tasks=tuple(tasks),
         cancelled=(),
