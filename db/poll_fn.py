@@ -43,23 +43,23 @@ def body() -> str:
     """The function's body, from the named statements."""
     complete = _plpgsql(
         Q.COMPLETE_CTES
-        + "SELECT array_agg(id::text), array_agg(run_id::text), array_agg(duration),\n"
-        + "  (SELECT count(*) FROM items) INTO d_ids, d_runs, d_seconds, n_items FROM done"
+        + "SELECT count(*), array_agg(DISTINCT run_id), array_agg(duration),\n"
+        + "  (SELECT count(*) FROM items) INTO n_done, p_runs, d_seconds, n_items FROM done"
     )
     succeed = _plpgsql(
         Q.SUCCEED_CTES
         + """
-SELECT array_agg(id::text), array_agg(status::text),
+SELECT array_agg(status::text),
   (SELECT array_agg(tenant_id::text) FROM promoted), (SELECT array_agg(action::text) FROM promoted)
-  INTO s_ids, s_statuses, q_tenants, q_actions FROM settled"""
+  INTO s_statuses, q_tenants, q_actions FROM settled"""
     )
     claim = _plpgsql(
         Q.CLAIM_CTES
-        + f"""SELECT 'claim'::text, NULL::text, NULL::text,
-  EXTRACT(EPOCH FROM (t.started_at - t.available_at))::double precision, NULL::text,
+        + f"""SELECT 'claim'::text, lim.n::integer,
+  EXTRACT(EPOCH FROM (t.started_at - t.available_at))::double precision,
+  NULL::double precision[], NULL::text[],
   CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.actions END,
   CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.cancelled END,
-  lim.n::integer,
   CASE WHEN t.id IS NOT NULL THEN {Q.CLAIM_TASK} END
 FROM w CROSS JOIN lim LEFT JOIN tasks t ON true
 ORDER BY t.available_at, t.id"""
@@ -67,27 +67,22 @@ ORDER BY t.available_at, t.id"""
     return f"""
 #variable_conflict use_column
 DECLARE
-  d_ids text[]; d_runs text[]; d_seconds double precision[]; n_items bigint; p_runs uuid[];
-  s_ids text[]; s_statuses text[]; q_tenants text[]; q_actions text[]; n_claim_rows bigint;
+  n_done bigint; n_items bigint; p_runs uuid[]; d_seconds double precision[];
+  s_statuses text[]; q_tenants text[]; q_actions text[]; n_claim_rows bigint;
 BEGIN
   {complete};
   -- Every result applied (a refused or repeated one: one by one).
-  IF coalesce(cardinality(d_ids), 0) <> n_items THEN
+  IF n_done <> n_items THEN
     RAISE EXCEPTION 'cairn_poll: a result was refused' USING ERRCODE = '{FALLBACK}';
   END IF;
-  p_runs := ARRAY(SELECT DISTINCT CAST(r AS uuid) FROM unnest(d_runs) AS r ORDER BY 1);
   {succeed};
   PERFORM pg_notify('cairn_queue', x)
   FROM (SELECT DISTINCT t || ':' || a AS x FROM unnest(q_tenants, q_actions) AS u(t, a)
         ORDER BY 1) d;
-  RETURN QUERY SELECT 'done'::text, u.i, u.r, u.s, NULL::text, NULL::text[], NULL::text[],
-    NULL::integer, NULL::text FROM unnest(d_ids, d_runs, d_seconds) AS u(i, r, s);
-  RETURN QUERY SELECT 'settled'::text, u.i, NULL::text, NULL::double precision, u.s,
-    NULL::text[], NULL::text[], NULL::integer, NULL::text
-    FROM unnest(s_ids, s_statuses) AS u(i, s);
-  RETURN QUERY SELECT 'queued'::text, u.t, NULL::text, NULL::double precision, u.a,
-    NULL::text[], NULL::text[], NULL::integer, NULL::text
-    FROM unnest(q_tenants, q_actions) AS u(t, a);
+  -- One row for the results: how many applied, their durations, the runs settled, the steps
+  -- queued (their NOTIFYs are sent above).
+  RETURN QUERY SELECT 'applied'::text, coalesce(cardinality(q_actions), 0), NULL::double precision,
+    d_seconds, s_statuses, NULL::text[], NULL::text[], NULL::text;
   RETURN QUERY {claim};
   -- The claim answered for a registered worker (a row at least) with no cancellation waiting
   -- for it, even one requested meanwhile (else: one by one, which delivers it).
@@ -134,21 +129,20 @@ async def poll_completing(
     tasks: list[str] = []
     head = None
     for row in rows:
-        kind = row["kind"]
-        if kind == "claim":
+        if row["kind"] == "claim":
             if head is None:
                 head = row
             if row["task"] is not None:
                 tasks.append(row["task"])
                 effects.queue_latencies.append(max(float(row["seconds"] or 0.0), 0.0))
-        elif kind == "done":
-            effects.step_statuses["succeeded"] += 1
-            effects.step_durations.append(float(row["seconds"] or 0.0))
-        elif kind == "settled":
-            if row["status"] in ("succeeded", "failed"):
-                effects.run_statuses[row["status"]] += 1
-        else:  # queued: the function has sent its NOTIFY
-            effects.step_statuses["queued"] += 1
+        else:  # applied
+            durations = row["durations"] or []
+            effects.step_statuses["succeeded"] += len(durations)
+            effects.step_durations.extend(float(d or 0.0) for d in durations)
+            for status in row["statuses"] or []:
+                if status in ("succeeded", "failed"):
+                    effects.run_statuses[status] += 1
+            effects.step_statuses["queued"] += row["n"]
     assert head is not None  # else the function fell back: the claim returns a row at least
     effects.step_statuses["running"] += len(tasks)
     return PollResult(

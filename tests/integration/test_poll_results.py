@@ -119,6 +119,12 @@ async def test_steady_state_cycle_is_one_call(api: Api) -> None:
     small, large = await cycle(2), await cycle(40)
     assert len(small) == len(large) == 1, "\n---\n".join(large)
     assert large[0].startswith("SELECT * FROM cairn_poll(")
+    # Counted as the statements count them: 42 step runs and runs succeeded, 42 durations.
+    assert await api.metric("cairn_step_runs_total", status="succeeded") == 42
+    assert await api.metric("cairn_runs_total", status="succeeded") == 42
+    assert await api.metric("cairn_step_duration_seconds_count") == 42
+    page = await api.json("GET", "/runs?workflow=cycle&status=succeeded&limit=100")
+    assert len(page["runs"]) == 42
 
 
 async def test_a_task_is_rendered_whole_and_its_times_in_utc_whatever_the_db_time_zone(

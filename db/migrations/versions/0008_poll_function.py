@@ -23,14 +23,14 @@ SIGNATURE = (
     "cairn_poll(p_tenant uuid, p_worker uuid, p_items text, p_max_tasks integer, p_now timestamptz)"
 )
 COLUMNS = (
-    "kind text, id text, run_id text, seconds double precision, status text, actions text[],"
-    " cancelled text[], n integer, task text"
+    "kind text, n integer, seconds double precision, durations double precision[],"
+    " statuses text[], actions text[], cancelled text[], task text"
 )
 BODY = r"""
 #variable_conflict use_column
 DECLARE
-  d_ids text[]; d_runs text[]; d_seconds double precision[]; n_items bigint; p_runs uuid[];
-  s_ids text[]; s_statuses text[]; q_tenants text[]; q_actions text[]; n_claim_rows bigint;
+  n_done bigint; n_items bigint; p_runs uuid[]; d_seconds double precision[];
+  s_statuses text[]; q_tenants text[]; q_actions text[]; n_claim_rows bigint;
 BEGIN
   
 WITH items AS (
@@ -54,13 +54,12 @@ WITH items AS (
   SELECT tenant_id, id, attempt, worker_id, token, started_at, COALESCE(CAST(p_now AS timestamptz), now()), 'succeeded', NULL
   FROM done
 )
-SELECT array_agg(id::text), array_agg(run_id::text), array_agg(duration),
-  (SELECT count(*) FROM items) INTO d_ids, d_runs, d_seconds, n_items FROM done;
+SELECT count(*), array_agg(DISTINCT run_id), array_agg(duration),
+  (SELECT count(*) FROM items) INTO n_done, p_runs, d_seconds, n_items FROM done;
   -- Every result applied (a refused or repeated one: one by one).
-  IF coalesce(cardinality(d_ids), 0) <> n_items THEN
+  IF n_done <> n_items THEN
     RAISE EXCEPTION 'cairn_poll: a result was refused' USING ERRCODE = 'CRN01';
   END IF;
-  p_runs := ARRAY(SELECT DISTINCT CAST(r AS uuid) FROM unnest(d_runs) AS r ORDER BY 1);
   WITH 
 agg AS (
   SELECT run_id,
@@ -99,20 +98,16 @@ WHERE c.run_id = ANY(ARRAY(SELECT run_id FROM agg WHERE pending > 0)) AND c.stat
                   AND p.step_name = ANY(c.parents) AND p.status <> 'succeeded')
 RETURNING c.tenant_id, c.action
 )
-SELECT array_agg(id::text), array_agg(status::text),
+SELECT array_agg(status::text),
   (SELECT array_agg(tenant_id::text) FROM promoted), (SELECT array_agg(action::text) FROM promoted)
-  INTO s_ids, s_statuses, q_tenants, q_actions FROM settled;
+  INTO s_statuses, q_tenants, q_actions FROM settled;
   PERFORM pg_notify('cairn_queue', x)
   FROM (SELECT DISTINCT t || ':' || a AS x FROM unnest(q_tenants, q_actions) AS u(t, a)
         ORDER BY 1) d;
-  RETURN QUERY SELECT 'done'::text, u.i, u.r, u.s, NULL::text, NULL::text[], NULL::text[],
-    NULL::integer, NULL::text FROM unnest(d_ids, d_runs, d_seconds) AS u(i, r, s);
-  RETURN QUERY SELECT 'settled'::text, u.i, NULL::text, NULL::double precision, u.s,
-    NULL::text[], NULL::text[], NULL::integer, NULL::text
-    FROM unnest(s_ids, s_statuses) AS u(i, s);
-  RETURN QUERY SELECT 'queued'::text, u.t, NULL::text, NULL::double precision, u.a,
-    NULL::text[], NULL::text[], NULL::integer, NULL::text
-    FROM unnest(q_tenants, q_actions) AS u(t, a);
+  -- One row for the results: how many applied, their durations, the runs settled, the steps
+  -- queued (their NOTIFYs are sent above).
+  RETURN QUERY SELECT 'applied'::text, coalesce(cardinality(q_actions), 0), NULL::double precision,
+    d_seconds, s_statuses, NULL::text[], NULL::text[], NULL::text;
   RETURN QUERY 
 WITH w AS (
   SELECT id, actions, lease_timeout_s,
@@ -154,11 +149,11 @@ WITH w AS (
     SELECT workflow_name, version, input FROM runs WHERE runs.id = c.run_id OFFSET 0
   ) r
 )
-SELECT 'claim'::text, NULL::text, NULL::text,
-  EXTRACT(EPOCH FROM (t.started_at - t.available_at))::double precision, NULL::text,
+SELECT 'claim'::text, lim.n::integer,
+  EXTRACT(EPOCH FROM (t.started_at - t.available_at))::double precision,
+  NULL::double precision[], NULL::text[],
   CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.actions END,
   CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.cancelled END,
-  lim.n::integer,
   CASE WHEN t.id IS NOT NULL THEN CAST(json_build_object(
     'step_run_id', t.id, 'run_id', t.run_id, 'workflow', t.workflow_name, 'version', t.version,
     'step', t.step_name, 'action', t.action, 'attempt', t.attempt, 'lease_token', t.lease_token,
