@@ -11,8 +11,8 @@ call's.
 The function takes the common case only. When anything needs more than those statements (a
 result refused or repeated, a cancellation waiting for the worker, a worker not registered) it
 raises ``FALLBACK``, which rolls the whole call back (its NOTIFYs too), and the caller runs the
-statements one by one
-(``db.leases`` and ``api.results``), which answer every such case as before.
+statements one by one (``db.leases`` and ``api.results``), which answer every such case as
+before.
 
 The function is created by a migration, from the body this module builds when the migration was
 written; ``tests/integration/test_poll_function.py`` fails when the body built from today's named

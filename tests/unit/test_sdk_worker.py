@@ -145,6 +145,17 @@ def make_worker(server: FakeServer, workflows: list[Workflow], **kw: Any) -> Wor
     )
 
 
+def echo_workflow() -> Workflow:
+    """Workflow ``w`` with one sync step ``w.quick`` that returns its step run id."""
+    wf = Workflow("w")
+
+    @wf.step
+    def quick(ctx: Context) -> str:
+        return ctx.step_run_id
+
+    return wf
+
+
 async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -234,12 +245,7 @@ async def test_a_poll_asks_only_for_the_slots_the_server_finds_free() -> None:
     """A result on its way on its own keeps its slot busy on the server until it is applied:
     a poll counting that slot as free would claim nothing for it, and a real server's poll
     that claims nothing waits for new work instead of answering."""
-    wf = Workflow("w")
-
-    @wf.step
-    def quick(ctx: Context) -> str:
-        return ctx.step_run_id
-
+    wf = echo_workflow()
     server = FakeServer()
     server.carry = True
     server.poll_cap = 2  # fewer than the worker's slots: it polls again while steps run
@@ -424,12 +430,7 @@ async def test_results_ride_on_the_next_poll_when_the_server_takes_them() -> Non
 
 
 async def test_results_a_poll_could_not_carry_are_sent_on_their_own() -> None:
-    wf = Workflow("w")
-
-    @wf.step
-    def quick(ctx: Context) -> str:
-        return ctx.step_run_id
-
+    wf = echo_workflow()
     server = FakeServer()
     server.carry = True
     server.refuse_carrying = 100  # e.g. an output the poll's body limit refuses
