@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from api import cli_admin
 
@@ -86,15 +90,16 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ["CAIRN_DATABASE_URL"] = settings.database_url or ""
             os.environ["CAIRN_RUN_MIGRATIONS"] = "false"
             os.environ["CAIRN_AUTH"] = "true" if settings.auth else "false"
-            uvicorn.run(
-                "api.app:app_from_env",
-                factory=True,
-                workers=args.workers,
-                host=settings.host,
-                port=settings.port,
-                log_level=settings.log_level,
-                timeout_graceful_shutdown=5,
-            )
+            with metrics_dir():  # each process's counters, summed by whichever answers a scrape
+                uvicorn.run(
+                    "api.app:app_from_env",
+                    factory=True,
+                    workers=args.workers,
+                    host=settings.host,
+                    port=settings.port,
+                    log_level=settings.log_level,
+                    timeout_graceful_shutdown=5,
+                )
         else:
             uvicorn.run(
                 create_app(settings),
@@ -107,6 +112,30 @@ def _serve(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+@contextlib.contextmanager
+def metrics_dir() -> Iterator[str]:
+    """The directory the server processes share their metrics through (multi-process mode).
+
+    ``PROMETHEUS_MULTIPROC_DIR`` when the operator set it (its ``*.db`` files from an earlier
+    server are removed first: they would add to this one's counters), else a new temporary
+    directory, removed at exit. Set in the environment the server processes inherit.
+    """
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink(missing_ok=True)
+        yield given
+        return
+    path = tempfile.mkdtemp(prefix="cairn-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        yield path
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _exit_quietly(signum: int, frame: object) -> None:

@@ -9,8 +9,9 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,17 +44,32 @@ class BatchHistogram(Collector):
 
     ``prometheus_client.Histogram.observe`` takes a lock and walks the buckets for each value
     (about 2 µs): per step run and per metric on the hot path. This one bins a batch with
-    ``bisect`` under one lock and exposes the same series (``_bucket``, ``_count``, ``_sum``).
+    ``bisect`` and adds each bucket's count once, and exposes the same series (``_bucket``,
+    ``_count``, ``_sum``). Its values are prometheus_client's own (``value_class``, by default
+    the library's: a file shared with the other server processes in multi-process mode, where
+    ``MultiProcessCollector`` sums them like those of a ``Histogram``).
     """
 
     def __init__(
-        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+        *,
+        value_class: Any = None,
     ) -> None:
+        make = value_class if value_class is not None else values.ValueClass
         self._name = name
         self._documentation = documentation
         self._bounds = [float(b) for b in buckets]
-        self._counts = [0] * (len(self._bounds) + 1)  # the last one is +Inf
-        self._sum = 0.0
+        labels = [repr(b) for b in self._bounds] + ["+Inf"]
+        # Per bucket, not cumulative (as Histogram stores them); the last one is +Inf.
+        self._counts = [
+            make("histogram", name, f"{name}_bucket", ("le",), (le,), documentation)
+            for le in labels
+        ]
+        self._sum = make("histogram", name, f"{name}_sum", (), (), documentation)
         self._lock = threading.Lock()
         registry.register(self)
 
@@ -62,18 +78,23 @@ class BatchHistogram(Collector):
 
     def observe_many(self, values: Iterable[float]) -> None:
         bounds, where = self._bounds, bisect.bisect_left
+        binned: dict[int, int] = {}
+        total = 0.0
+        for v in values:
+            i = where(bounds, v)  # le: a value equal to a bound falls in it
+            binned[i] = binned.get(i, 0) + 1
+            total += v
+        if not binned:
+            return
         with self._lock:
-            counts = self._counts
-            total = 0.0
-            for v in values:
-                counts[where(bounds, v)] += 1  # le: a value equal to a bound falls in it
-                total += v
-            self._sum += total
+            for i, n in binned.items():
+                self._counts[i].inc(n)
+            self._sum.inc(total)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         with self._lock:
-            counts, total = list(self._counts), self._sum
-        cumulative, buckets = 0, []
+            counts, total = [c.get() for c in self._counts], self._sum.get()
+        cumulative, buckets = 0.0, []
         for bound, n in zip([*self._bounds, math.inf], counts, strict=True):
             cumulative += n
             buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
@@ -85,10 +106,53 @@ class BatchHistogram(Collector):
         yield HistogramMetricFamily(self._name, self._documentation)
 
 
+class DatabaseGauges(Collector):
+    """``cairn_queue_depth`` and ``cairn_workers_active``: read from the database at each scrape.
+
+    Whichever server process answers the scrape reads them, so they are the same from every
+    process (nothing per process to merge). An action seen once stays, at 0 when none is queued.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._depth: dict[str, int] = {}
+        self._workers = 0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def set(self, depth: dict[str, int], workers: int) -> None:
+        with self._lock:
+            self._depth = {**dict.fromkeys(self._depth, 0), **depth}
+            self._workers = workers
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            depth, workers = dict(self._depth), self._workers
+        doc = "Queued step runs per action (from the database)"
+        family = GaugeMetricFamily("cairn_queue_depth", doc, labels=["action"])
+        for action, n in sorted(depth.items()):
+            family.add_metric([action], n)
+        yield family
+        yield GaugeMetricFamily(
+            "cairn_workers_active", "Workers seen recently (from the database)", value=workers
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self.collect()
+
+
 class Metrics:
+    """The server's metrics, one set per app.
+
+    In multi-process mode (``PROMETHEUS_MULTIPROC_DIR`` set before prometheus_client is imported,
+    as ``cairn serve --workers N`` does) every process writes its counters and histograms to
+    files in that directory and a scrape, whichever process answers it, reads all of them:
+    totals across the processes, not one process's share.
+    """
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.multiprocess = bool(getattr(values.ValueClass, "_multiprocess", False))
         self.step_runs = Counter(
             "cairn_step_runs", "Step-run transitions into each status", ["status"], registry=r
         )
@@ -115,15 +179,7 @@ class Metrics:
         self.step_duration = BatchHistogram(
             "cairn_step_duration_seconds", "Claimed to finished, per attempt", LATENCY_BUCKETS, r
         )
-        self.queue_depth = Gauge(
-            "cairn_queue_depth",
-            "Queued step runs per action (from the database)",
-            ["action"],
-            registry=r,
-        )
-        self.workers_active = Gauge(
-            "cairn_workers_active", "Workers seen recently (from the database)", registry=r
-        )
+        self.database_gauges = DatabaseGauges(r)
         self.http_requests = Counter(
             "cairn_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
         )
@@ -138,7 +194,12 @@ class Metrics:
         for reason in ("lease_lost", "cancelled", "already_finished"):
             for conflicting in ("true", "false"):
                 self.duplicates.labels(reason=reason, conflicting=conflicting)
-        self._known_actions: set[str] = set()
+        self._exposed = r
+        if self.multiprocess:
+            self._exposed = CollectorRegistry()
+            merge: Any = MultiProcessCollector  # untyped: reads every process's files
+            merge(self._exposed)
+            self._exposed.register(self.database_gauges)
 
     def record(self, effects: Effects) -> None:
         for status, n in effects.step_statuses.items():
@@ -162,15 +223,10 @@ class Metrics:
         self.duplicates.labels(reason=exc.code, conflicting=str(exc.conflicting).lower()).inc()
 
     def set_gauges(self, depth: dict[str, int], workers: int) -> None:
-        for action in self._known_actions - set(depth):
-            self.queue_depth.labels(action=action).set(0)
-        for action, n in depth.items():
-            self.queue_depth.labels(action=action).set(n)
-        self._known_actions |= set(depth)
-        self.workers_active.set(workers)
+        self.database_gauges.set(depth, workers)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
 
 class HTTPMetricsMiddleware:

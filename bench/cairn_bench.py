@@ -30,16 +30,26 @@ class Options:
 
 
 class CairnBench:
-    def __init__(self, pg: Pg, opts: Options, sampler: procs.RssSampler) -> None:
+    def __init__(
+        self,
+        pg: Pg,
+        opts: Options,
+        sampler: procs.RssSampler,
+        *,
+        database: str = DATABASE,
+        key: str = "cairn",
+    ) -> None:
         self.pg = pg
         self.opts = opts
         self.sampler = sampler
-        self.server = CairnServer(pg, DATABASE, opts.workdir, server_workers=opts.server_workers)
+        self.database = database
+        self.key = key
+        self.server = CairnServer(pg, database, opts.workdir, server_workers=opts.server_workers)
         self.workers: list[subprocess.Popen[bytes]] = []
         self._spawned: list[subprocess.Popen[bytes]] = []  # every worker ever started
         self.bulk_ok = opts.allow_bulk  # cleared when the server has no bulk endpoint
-        sampler.watch("cairn:server", self.server.pids)
-        sampler.watch("cairn:worker", self._worker_pids)
+        sampler.watch(f"{key}:server", self.server.pids)
+        sampler.watch(f"{key}:worker", self._worker_pids)
 
     def _worker_pids(self) -> list[int]:
         return [p.pid for p in self.workers if p.poll() is None]
@@ -51,7 +61,7 @@ class CairnBench:
             args = ["-m", "bench.cairn_worker", self.server.url]
             if record:
                 args.append(str(self.opts.workdir / f"cairn-lat-{i}.txt"))
-            log = self.opts.workdir / f"cairn-worker-{i}.log"
+            log = self.opts.workdir / f"{self.database}-worker-{i}.log"
             self.workers.append(procs.spawn(args, log=log))
         self._spawned += self.workers
 
@@ -60,7 +70,7 @@ class CairnBench:
         self.workers = []
 
     async def wait_registered(self, since: float, timeout: float = 60.0) -> None:
-        conn = await self.pg.connect(DATABASE)
+        conn = await self.pg.connect(self.database)
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -83,7 +93,7 @@ class CairnBench:
         Progress is counted in finished step runs: a wide DAG drained breadth-first finishes
         no run for a long while.
         """
-        conn = await self.pg.connect(DATABASE)
+        conn = await self.pg.connect(self.database)
         try:
             last, last_change = -1, time.monotonic()
             while True:
@@ -112,7 +122,7 @@ class CairnBench:
 
     async def cancel_open(self, workflow: str) -> None:
         """Cancel (through the API) every run of ``workflow`` still queued or running."""
-        conn = await self.pg.connect(DATABASE)
+        conn = await self.pg.connect(self.database)
         try:
             ids = [
                 str(r["id"])
@@ -130,7 +140,7 @@ class CairnBench:
 
     async def span(self, workflow: str) -> dict[str, Any]:
         """First claim to last run finished, from the database's own timestamps."""
-        conn = await self.pg.connect(DATABASE)
+        conn = await self.pg.connect(self.database)
         try:
             row = await conn.fetchrow(
                 """
@@ -160,7 +170,7 @@ class CairnBench:
 
     # ---------------------------------------------------------------- phases
     async def setup(self) -> None:
-        await self.pg.create_database(DATABASE)
+        await self.pg.create_database(self.database)
         self.server.start()
         await trigger.register(
             self.server.url, {wf.name: wf.definition() for wf in cairn_worker.WORKFLOWS}
@@ -184,14 +194,14 @@ class CairnBench:
         )
         # Restart the server around the drain so every backend has flushed its counters.
         self.server.stop()
-        await analyze(self.pg, DATABASE)
-        before = await xacts(self.pg, DATABASE)
+        await analyze(self.pg, self.database)
+        before = await xacts(self.pg, self.database)
         self.server.start()
         self.start_workers()
         await self.wait_runs_done("bench_noop", n - trig.errors)
         self.stop_workers()
         self.server.stop()
-        after = await xacts(self.pg, DATABASE)
+        after = await xacts(self.pg, self.database)
         result = await self.span("bench_noop")
         result.update(
             trigger_path=trig.path,
@@ -207,7 +217,7 @@ class CairnBench:
         trig = await trigger.trigger_many(
             self.server.url, workflow, n, allow_bulk=self.opts.allow_bulk
         )
-        await analyze(self.pg, DATABASE)
+        await analyze(self.pg, self.database)
         self.start_workers()
         try:
             await self.wait_runs_done(workflow, n - trig.errors)
@@ -245,7 +255,7 @@ class CairnBench:
         return out
 
     async def _wait_ids(self, ids: list[str], timeout: float = 180.0) -> None:
-        conn = await self.pg.connect(DATABASE)
+        conn = await self.pg.connect(self.database)
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -270,7 +280,7 @@ class CairnBench:
                 if len(parts) == 3:
                     started.setdefault(parts[0], float(parts[2]))
         dispatch = [started[r] - t for r, t in accepted.items() if r in started]
-        conn = await self.pg.connect(DATABASE)
+        conn = await self.pg.connect(self.database)
         try:
             rows = await conn.fetch(
                 "SELECT id::text AS id, extract(epoch FROM created_at) AS created,"
@@ -298,5 +308,5 @@ class CairnBench:
         self.stop_workers()
         procs.stop([p for p in self._spawned if p.poll() is None], timeout=40)
         self.server.stop()
-        self.sampler.unwatch("cairn:server")
-        self.sampler.unwatch("cairn:worker")
+        self.sampler.unwatch(f"{self.key}:server")
+        self.sampler.unwatch(f"{self.key}:worker")

@@ -41,9 +41,13 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     claim_small = _get(depth, sizes[0], "p50_ms") if sizes else None
     claim_big = _get(depth, sizes[-1], "p50_ms") if sizes else None
     light = _get(cairn, "latency", "light")
+    multi = _get(cairn, "drain_multi", "runs_per_s")
     return {
         "cairn_drain_over_pgqueuer_best": _ratio(drain, pgq_best),
         "cairn_drain_over_floor_batched": _ratio(drain, floor_b),
+        # The same drain with `cairn serve --workers N` (N in drain_multi.server_workers).
+        "cairn_multi_drain_over_pgqueuer_best": _ratio(multi, pgq_best),
+        "cairn_multi_drain_over_floor_batched": _ratio(multi, floor_b),
         "light_dispatch_p50_ms": _get(light, "dispatch", "p50_ms"),
         "light_dispatch_p99_ms": _get(light, "dispatch", "p99_ms"),
         "claim_p50_deep_over_shallow": _ratio(claim_big, claim_small),
@@ -75,6 +79,22 @@ def table(results: dict[str, Any]) -> str:
             cairn_note,
         ]
     )
+    multi = cairn.get("drain_multi")
+    if multi:
+        ratio = _ratio(multi.get("runs_per_s"), base)
+        rows.append(
+            [
+                f"cairn, serve --workers {multi.get('server_workers')}",
+                _num(multi.get("runs_per_s")) if "error" not in multi else "n/a",
+                f"{ratio:.2f}" if ratio else "n/a",
+                _num(multi.get("trigger_per_s")),
+                _num(multi.get("xacts_per_step"), 2),
+                "",
+                multi.get("error", "")[:70]
+                or f"server RSS (all processes) {_num(multi.get('server_peak_rss_mb'))} MB"
+                + _spread(multi),
+            ]
+        )
     for s in results.get("systems", {}).values():
         if "error" in s:
             rows.append([s["label"], "n/a", "n/a", "n/a", "n/a", "n/a", s["error"][:70]])
@@ -97,7 +117,7 @@ def table(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append("targets:")
     for k, v in targets(results).items():
-        lines.append(f"  {k:<34} {_num(v, 3) if isinstance(v, float) else _num(v)}")
+        lines.append(f"  {k:<38} {_num(v, 3) if isinstance(v, float) else _num(v)}")
     return "\n".join(lines)
 
 
@@ -183,12 +203,16 @@ def chart(results: dict[str, Any], path: Path) -> Path:
     cairn = results.get("cairn", {})
     names = ["cairn"]
     values = [_get(cairn, "drain", "runs_per_s") or 0.0]
+    if cairn.get("drain_multi"):
+        names.append(f"cairn\nserve --workers {cairn['drain_multi'].get('server_workers')}")
+        values.append(_get(cairn, "drain_multi", "runs_per_s") or 0.0)
     for s in results.get("systems", {}).values():
         names.append(s["label"].replace(", ", "\n"))
         values.append(s.get("runs_per_s") or 0.0)
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
     ax = axes[0]
-    colors = ["#c0392b"] + ["#7f8c8d"] * (len(values) - 1)
+    mine = 2 if cairn.get("drain_multi") else 1
+    colors = ["#c0392b"] * mine + ["#7f8c8d"] * (len(values) - mine)
     ax.barh(names, values, color=colors)
     ax.set_xscale("log")
     positive = [v for v in values if v > 0]

@@ -9,6 +9,7 @@ import signal
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -17,6 +18,7 @@ import psutil
 
 from bench import cairn_worker, floor, peers, procs, report
 from bench.cairn_bench import CairnBench, Options
+from bench.cairn_server import serve_supports_workers
 from bench.depth import run_depth
 from bench.harness import QueueSystem, median_sample, run_system
 from bench.pg import Pg
@@ -44,6 +46,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, default=10.0, help="per latency phase (10)")
     p.add_argument(
         "--server-workers", type=int, default=1, help="cairn serve processes (needs --workers)"
+    )
+    p.add_argument(
+        "--multi-server-workers",
+        type=int,
+        default=2,
+        help="also drain Cairn with `cairn serve --workers N` (2; 0 or 1: skip)",
     )
     p.add_argument("--no-bulk", action="store_true", help="never try the bulk trigger endpoint")
     p.add_argument(
@@ -149,6 +157,8 @@ async def drains(
             cairn["errors"]["setup"] = f"{type(exc).__name__}: {exc}"
             bench.close()
             bench = None
+    multi = multi_bench(pg, args, selected, workdir, sampler)
+    multi_samples: list[dict[str, Any]] = []
     rounds = max(args.repeat, 1)
     for i in range(rounds):
         for system in systems:
@@ -163,11 +173,51 @@ async def drains(
             sample = await _phase(cairn["errors"], "drain", bench.drain())
             cairn_samples.append(sample)
             print(f"  {sample.get('runs_per_s', sample.get('error'))} runs/s", flush=True)
+        if multi is not None:
+            n = multi.opts.server_workers
+            print(f"bench: cairn, {n} server processes (sample {i + 1}/{rounds}) ...", flush=True)
+            sample = await _phase(cairn["errors"], "drain_multi", _multi_drain(multi))
+            multi_samples.append(sample)
+            print(f"  {sample.get('runs_per_s', sample.get('error'))} runs/s", flush=True)
+    if multi is not None:
+        multi.close()
+        cairn["drain_multi"] = {
+            "server_workers": multi.opts.server_workers,
+            **median_sample(multi_samples),
+            "server_peak_rss_mb": sampler.peak_mb("cairn_multi:server"),
+        }
     for system in systems:
         results["systems"][system.key] = median_sample(samples[system.key])
     if bench is not None:
         cairn["drain"] = median_sample(cairn_samples)
     return bench, cairn
+
+
+def multi_bench(
+    pg: Pg,
+    args: argparse.Namespace,
+    selected: set[str],
+    workdir: Path,
+    sampler: procs.RssSampler,
+) -> CairnBench | None:
+    """The second Cairn drain: the same, with ``cairn serve --workers N`` (its own database)."""
+    n = int(args.multi_server_workers)
+    if "cairn" not in selected or n <= 1 or n == args.server_workers:
+        return None
+    if not serve_supports_workers():
+        print("bench: cairn serve has no --workers: no multi-process drain", flush=True)
+        return None
+    opts = replace(cairn_options(args, workdir), server_workers=n)
+    return CairnBench(pg, opts, sampler, database="bench_cairn_multi", key="cairn_multi")
+
+
+async def _multi_drain(bench: CairnBench) -> dict[str, Any]:
+    """One drain from an empty database; the server is down between samples (no idle load)."""
+    await bench.reset()
+    try:
+        return await bench.drain()
+    finally:
+        bench.server.stop()
 
 
 async def _phase(errors: dict[str, str], name: str, coro: Any) -> dict[str, Any]:

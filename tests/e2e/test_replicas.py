@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import pytest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Proc
 
@@ -60,21 +65,57 @@ async def test_two_replicas_many_pollers_never_double_assign(server: Callable[..
         assert len(page["runs"]) == RUNS
 
 
-async def test_multi_process_server(server: Callable[..., Proc]) -> None:
+def requests_per_process(metrics_dir: Path) -> dict[str, float]:
+    """HTTP requests each server process counted, from its own file in the metrics directory."""
+    served: dict[str, float] = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        for family in MultiProcessCollector.merge([str(path)]):  # type: ignore[no-untyped-call]
+            if family.name == "cairn_http_requests":
+                served[path.stem] = sum(s.value for s in family.samples)
+    return served
+
+
+def scrape(url: str) -> dict[str, float]:
+    """One scrape on a new connection (any of the processes may answer it)."""
+    text = httpx.get(f"{url}/metrics", headers={"connection": "close"}, timeout=10).text
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    series = [ln.rsplit(" ", 1)[0] for ln in lines]
+    assert len(series) == len(set(series)), "a series is exposed twice"
+    return {k: v for f in text_string_to_metric_families(text) for k, v in _samples(f)}
+
+
+def _samples(family: Metric) -> list[tuple[str, float]]:
+    out = []
+    for s in family.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        out.append((f"{s.name}{{{labels}}}", s.value))
+    return out
+
+
+async def test_multi_process_server_and_its_metrics_are_totals(
+    server: Callable[..., Proc], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes share the port; a scrape, whichever answers it, counts both's work."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     srv = server("--workers", "2")
-    async with httpx.AsyncClient(base_url=f"{srv.url}/api/v1", timeout=30) as http:
+    fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection, any process, each time
+    polls = 0
+    async with httpx.AsyncClient(base_url=f"{srv.url}/api/v1", timeout=30, limits=fresh) as http:
         await http.put("/workflows/mp", json={"steps": [{"name": "s"}]})
         r = await http.post(
             "/workflows/mp/runs/bulk", json={"runs": [{"input": i} for i in range(20)]}
         )
         assert r.status_code == 201
         w = (
-            await http.post("/workers", json={"name": "w", "actions": ["mp.s"], "slots": 20})
+            await http.post("/workers", json={"name": "w", "actions": ["mp.s"], "slots": 5})
         ).json()
-        done = 0
+        done, last = 0, None
         while done < 20:
+            polls += 1
             tasks = (
-                await http.post(f"/workers/{w['id']}/poll", json={"max_tasks": 20, "wait_s": 1})
+                await http.post(f"/workers/{w['id']}/poll", json={"max_tasks": 5, "wait_s": 1})
             ).json()["tasks"]
             items = [
                 {
@@ -87,6 +128,32 @@ async def test_multi_process_server(server: Callable[..., Proc]) -> None:
             if items:
                 out = (await http.post("/step-runs/results", json={"results": items})).json()
                 assert {o["status"] for o in out["results"]} == {"succeeded"}
+                last = items[-1]
             done += len(items)
         runs = (await http.get("/runs", params={"workflow": "mp", "status": "succeeded"})).json()
         assert len(runs["runs"]) == 20
+        # A late completion with another output: refused (409) and counted once.
+        assert last is not None
+        late = await http.post(
+            f"/step-runs/{last['step_run_id']}/complete",
+            json={"lease_token": last["lease_token"], "output": "other"},
+        )
+        assert late.status_code == 409
+        for _ in range(200):  # until both processes have answered something
+            if len([n for n in requests_per_process(metrics_dir).values() if n > 0]) >= 2:
+                break
+            await http.get(f"{srv.url}/healthz")
+    served = requests_per_process(metrics_dir)
+    assert len([n for n in served.values() if n > 0]) >= 2, served
+    poll_route = 'method="POST",route="/api/v1/workers/{worker_id}/poll",status="200"'
+    for _ in range(8):
+        m = scrape(srv.url)
+        assert m['cairn_step_runs_total{status="succeeded"}'] == 20
+        assert m['cairn_runs_total{status="succeeded"}'] == 20
+        assert m["cairn_step_duration_seconds_count{}"] == 20
+        assert m["cairn_queue_latency_seconds_count{}"] == 20
+        assert m[f"cairn_http_requests_total{{{poll_route}}}"] == polls
+        key = 'cairn_duplicate_completions_total{conflicting="true",reason="already_finished"}'
+        assert m[key] == 1
+        assert m['cairn_queue_depth{action="mp.s"}'] == 0
+        assert m["cairn_workers_active{}"] == 1

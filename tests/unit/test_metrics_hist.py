@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from api.metrics import LATENCY_BUCKETS, BatchHistogram, Metrics
 from db.types import Effects
@@ -41,3 +45,41 @@ def test_metrics_record_a_batch_of_latencies_and_durations() -> None:
     assert r.get_sample_value("cairn_queue_latency_seconds_sum") == 2.022
     assert r.get_sample_value("cairn_queue_latency_seconds_bucket", {"le": "0.025"}) == 2
     assert r.get_sample_value("cairn_step_duration_seconds_bucket", {"le": "+Inf"}) == 1
+
+
+def test_batch_histograms_of_two_processes_merge_into_one_histogram(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Multi-process mode: each process's buckets go to its own file; a scrape sums them."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    reference = CollectorRegistry()
+    histogram = Histogram("x_seconds", "doc", buckets=LATENCY_BUCKETS, registry=reference)
+    for pid, part in ((101, VALUES[:6]), (102, VALUES[6:])):
+        value_class = values.MultiProcessValue(lambda pid=pid: pid)
+        batch = BatchHistogram(
+            "x_seconds", "doc", LATENCY_BUCKETS, CollectorRegistry(), value_class=value_class
+        )
+        batch.observe_many(part)
+        for v in part:
+            histogram.observe(v)
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    assert len(list(tmp_path.glob("histogram_*.db"))) == 2
+
+    def without_sum(registry: CollectorRegistry) -> list[str]:
+        return [line for line in exposition(registry) if "_sum" not in line]
+
+    assert without_sum(merged) == without_sum(reference)
+    assert merged.get_sample_value("x_seconds_sum") == pytest.approx(sum(VALUES))
+    assert merged.get_sample_value("x_seconds_count") == len(VALUES)
+
+
+def test_database_gauges_keep_an_action_at_zero_once_seen() -> None:
+    m = Metrics()
+    m.set_gauges({"a.s": 3, "b.s": 1}, 2)
+    m.set_gauges({"b.s": 4}, 1)
+    r = m.registry
+    assert r.get_sample_value("cairn_queue_depth", {"action": "a.s"}) == 0
+    assert r.get_sample_value("cairn_queue_depth", {"action": "b.s"}) == 4
+    assert r.get_sample_value("cairn_workers_active") == 1
+    assert b'cairn_queue_depth{action="b.s"} 4.0' in m.render()
