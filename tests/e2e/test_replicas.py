@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Proc
+from tests.e2e.conftest import Proc, wait_until
 
 RUNS = 300
 POLLERS = 40
@@ -73,6 +75,21 @@ def requests_per_process(metrics_dir: Path) -> dict[str, float]:
             if family.name == "cairn_http_requests":
                 served[path.stem] = sum(s.value for s in family.samples)
     return served
+
+
+def server_processes(parent: int) -> list[int]:
+    """The live server processes uvicorn spawned (not its resource tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        mine = int(fields[1]) == parent and fields[0] != "Z"
+        if mine and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -157,3 +174,16 @@ async def test_multi_process_server_and_its_metrics_are_totals(
         assert m[key] == 1
         assert m['cairn_queue_depth{action="mp.s"}'] == 0
         assert m["cairn_workers_active{}"] == 1
+    # A server process killed: uvicorn starts another; what the dead one counted still counts.
+    first = server_processes(srv.pid)
+    assert len(first) == 2, first
+    os.kill(first[0], signal.SIGKILL)
+    wait_until(
+        lambda: first[0] not in (now := server_processes(srv.pid)) and len(now) == 2,
+        30,
+        "a new server process",
+    )
+    for _ in range(8):
+        m = scrape(srv.url)
+        assert m['cairn_step_runs_total{status="succeeded"}'] == 20
+        assert m[f"cairn_http_requests_total{{{poll_route}}}"] == polls

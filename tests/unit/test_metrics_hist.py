@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from api.cli import metrics_dir
 from api.metrics import LATENCY_BUCKETS, BatchHistogram, Metrics
 from db.types import Effects
 
@@ -83,3 +85,24 @@ def test_database_gauges_keep_an_action_at_zero_once_seen() -> None:
     assert r.get_sample_value("cairn_queue_depth", {"action": "b.s"}) == 4
     assert r.get_sample_value("cairn_workers_active") == 1
     assert b'cairn_queue_depth{action="b.s"} 4.0' in m.render()
+
+
+def test_metrics_dir_is_fresh_and_removed_unless_the_operator_set_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    with metrics_dir() as made:
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == made
+        assert Path(made).is_dir() and not any(Path(made).iterdir())
+        (Path(made) / "counter_1.db").write_bytes(b"x")
+    assert not Path(made).exists() and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "counter_7.db").write_bytes(b"stale")  # an earlier server's: would add to ours
+    (given / "notes.txt").write_text("kept")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(given))
+    with metrics_dir() as used:
+        assert used == str(given)
+        assert sorted(p.name for p in given.iterdir()) == ["notes.txt"]
+    assert given.is_dir() and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(given)
