@@ -101,13 +101,17 @@ def _serve(args: argparse.Namespace) -> int:
                     timeout_graceful_shutdown=5,
                 )
         else:
-            uvicorn.run(
-                create_app(settings),
-                host=settings.host,
-                port=settings.port,
-                log_level=settings.log_level,
-                timeout_graceful_shutdown=5,
-            )
+            # One process keeps its metrics in memory, unless the operator set a multi-process
+            # directory (prometheus_client then writes there): its stale files go first.
+            shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            with metrics_dir() if shared else contextlib.nullcontext():
+                uvicorn.run(
+                    create_app(settings),
+                    host=settings.host,
+                    port=settings.port,
+                    log_level=settings.log_level,
+                    timeout_graceful_shutdown=5,
+                )
     finally:
         if embedded is not None:
             embedded.stop()
