@@ -214,14 +214,20 @@ step_runs = Table(
     Index(
         "ix_step_runs_deadline",
         text("least(lease_expires_at, timeout_at)"),
-        postgresql_where=text("status = 'running'"),
+        # Named by the reaper alone (migration 0009): no other query may pick this index.
+        postgresql_where=text("status = 'running' AND lease_expires_at IS NOT NULL"),
     ),
     Index(
         "ix_step_runs_schedule",
         "schedule_deadline",
         postgresql_where=text("status = 'queued'"),
     ),
-    Index("ix_step_runs_worker", "worker_id", postgresql_where=text("status = 'running'")),
+    Index(
+        "ix_step_runs_worker",
+        "worker_id",
+        # Only queries naming a worker may pick this index (migration 0009).
+        postgresql_where=text("status = 'running' AND worker_id IS NOT NULL"),
+    ),
     Index(
         "ix_step_runs_cancel",
         "cancel_requested_at",

@@ -514,7 +514,8 @@ REAPER_CANDIDATES = q("""
    AND cancel_requested_at <= {NOW} - make_interval(secs => :grace) LIMIT :batch)
 UNION ALL
 (SELECT id, run_id, 'deadline' FROM step_runs
- WHERE status = 'running' AND least(lease_expires_at, timeout_at) <= {NOW}
+ WHERE status = 'running' AND lease_expires_at IS NOT NULL  -- the deadline index (0009)
+   AND least(lease_expires_at, timeout_at) <= {NOW}
  ORDER BY least(lease_expires_at, timeout_at) LIMIT :batch)
 UNION ALL
 (SELECT id, run_id, 'schedule' FROM step_runs
