@@ -105,6 +105,7 @@ async def run_cairn(
     if bench is not None:
         try:
             print(f"  cairn drain: {out['drain'].get('runs_per_s')} runs/s", flush=True)
+            await bench.reset()  # an empty database and a running server for the phases below
             out["dag"] = {
                 "chain3": await _phase(errors, "dag chain3", bench.dag("bench_chain")),
                 "diamond": await _phase(errors, "dag diamond", bench.dag("bench_diamond")),
@@ -151,7 +152,8 @@ async def drains(
     if "cairn" in selected:
         bench = CairnBench(pg, cairn_options(args, workdir), sampler)
         try:
-            await bench.setup()
+            await bench.setup()  # fails early if the server cannot start at all
+            bench.server.stop()  # and no idle Cairn server beside the peers' drains
         except Exception as exc:
             traceback.print_exc()
             cairn["errors"]["setup"] = f"{type(exc).__name__}: {exc}"
@@ -168,15 +170,13 @@ async def drains(
             print(f"  {r.get('runs_per_s', r.get('error'))} runs/s", flush=True)
         if bench is not None:
             print(f"bench: cairn (sample {i + 1}/{rounds}) ...", flush=True)
-            if i:
-                await bench.reset()  # each sample drains an empty database, as the peers do
-            sample = await _phase(cairn["errors"], "drain", bench.drain())
+            sample = await _phase(cairn["errors"], "drain", _fresh_drain(bench))
             cairn_samples.append(sample)
             print(f"  {sample.get('runs_per_s', sample.get('error'))} runs/s", flush=True)
         if multi is not None:
             n = multi.opts.server_workers
             print(f"bench: cairn, {n} server processes (sample {i + 1}/{rounds}) ...", flush=True)
-            sample = await _phase(cairn["errors"], "drain_multi", _multi_drain(multi))
+            sample = await _phase(cairn["errors"], "drain_multi", _fresh_drain(multi))
             multi_samples.append(sample)
             print(f"  {sample.get('runs_per_s', sample.get('error'))} runs/s", flush=True)
     if multi is not None:
@@ -211,8 +211,9 @@ def multi_bench(
     return CairnBench(pg, opts, sampler, database="bench_cairn_multi", key="cairn_multi")
 
 
-async def _multi_drain(bench: CairnBench) -> dict[str, Any]:
-    """One drain from an empty database; the server is down between samples (no idle load)."""
+async def _fresh_drain(bench: CairnBench) -> dict[str, Any]:
+    """One drain from an empty database, as the peers' are; the server is down between samples,
+    so no idle Cairn server runs beside another system's drain."""
     await bench.reset()
     try:
         return await bench.drain()
