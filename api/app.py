@@ -21,7 +21,7 @@ from api.routes_workers import router as workers_router
 from api.schemas import Problem
 from api.service import Service
 from api.settings import Settings
-from db import queries as Q
+from db import queries_reads as R
 from db import reaper
 from db.embedded import EmbeddedPostgres
 from db.engine import Database, at_head, create_engine, migrate
@@ -182,11 +182,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with svc.db.connect() as conn:
                 depth = {
                     r.action: int(r.n)
-                    for r in await asyncio.wait_for(conn.execute(Q.QUEUE_DEPTH), 5)
+                    for r in await asyncio.wait_for(conn.execute(R.QUEUE_DEPTH), 5)
                 }
                 workers = (
                     await conn.execute(
-                        Q.ACTIVE_WORKERS,
+                        R.ACTIVE_WORKERS,
                         {"window": svc.settings.worker_active_window_s, "now": None},
                     )
                 ).scalar_one()

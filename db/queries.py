@@ -29,35 +29,6 @@ def q(sql: str) -> TextClause:
     return text(expand(sql))
 
 
-# --- workflows ----------------------------------------------------------------------------------
-
-LATEST_WORKFLOW = q("""
-SELECT id, name, version, definition, definition_hash, created_at FROM workflows
-WHERE tenant_id = :tenant AND name = :name ORDER BY version DESC LIMIT 1
-""")
-
-WORKFLOW_VERSION = q("""
-SELECT id, name, version, definition, definition_hash, created_at FROM workflows
-WHERE tenant_id = :tenant AND name = :name AND version = :version
-""")
-
-WORKFLOW_VERSIONS = q("""
-SELECT version FROM workflows WHERE tenant_id = :tenant AND name = :name ORDER BY version
-""")
-
-LOCK_WORKFLOW_NAME = q("SELECT pg_advisory_xact_lock(hashtextextended(:tenant || '/' || :name, 0))")
-
-INSERT_WORKFLOW = q("""
-INSERT INTO workflows (tenant_id, name, version, definition, definition_hash, created_at)
-VALUES (:tenant, :name, :version, CAST(:definition AS jsonb), :hash, {NOW})
-RETURNING id, name, version, definition, definition_hash, created_at
-""")
-
-LIST_WORKFLOWS = q("""
-SELECT DISTINCT ON (name) id, name, version, definition, definition_hash, created_at
-FROM workflows WHERE tenant_id = :tenant ORDER BY name, version DESC
-""")
-
 # --- runs ---------------------------------------------------------------------------------------
 
 # One statement creates runs and all their step runs; a run whose idempotency key is taken
@@ -114,10 +85,6 @@ RUN_COLUMNS = f"""runs.id, runs.workflow_name, runs.version, {RUN_STATUS} AS sta
   runs.idempotency_key, runs.error, runs.created_at,
   COALESCE(runs.started_at, f.first_start) AS started_at, runs.finished_at"""
 
-GET_RUN = q(
-    f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE runs.tenant_id = :tenant AND runs.id = :id"
-)
-
 LOCK_RUN = q(f"""
 SELECT {RUN_COLUMNS}, runs.workflow_id FROM {RUN_FROM}
 WHERE runs.tenant_id = :tenant AND runs.id = :id FOR UPDATE OF runs
@@ -129,25 +96,6 @@ UPDATE runs SET status = 'running',
   started_at = COALESCE((SELECT min(s.started_at) FROM step_runs s WHERE s.run_id = runs.id),
                         {NOW})
 WHERE id = :run AND status = 'queued'
-""")
-
-RUN_STEPS = q("""
-SELECT id, step_name, action, status, attempt, max_attempts, delivery, is_on_failure, parents,
-       output, error, queued_at, started_at, finished_at, cancel_requested_at
-FROM step_runs WHERE run_id = :run ORDER BY position
-""")
-
-# Ended attempts are rows of step_attempts; the attempt in progress is the running step run's own
-# lease (its row is written when it ends).
-RUN_ATTEMPTS = q("""
-SELECT a.step_run_id, a.attempt, a.worker_id, a.lease_token, a.started_at, a.ended_at, a.outcome,
-       a.error
-FROM step_attempts a JOIN step_runs s ON s.id = a.step_run_id
-WHERE s.run_id = :run
-UNION ALL
-SELECT id, attempt, worker_id, lease_token, started_at, NULL, 'running', NULL
-FROM step_runs WHERE run_id = :run AND status = 'running'
-ORDER BY 1, 2
 """)
 
 # --- cancellation and replay ---------------------------------------------------------------------
@@ -535,23 +483,6 @@ SELECT id, run_id, tenant_id, step_name, action, status, attempt, max_attempts, 
   (status = 'queued' AND schedule_deadline <= {NOW}) AS schedule_due,
   EXTRACT(EPOCH FROM ({NOW} - started_at)) AS duration
 FROM step_runs WHERE id = :id FOR UPDATE
-""")
-
-# --- metrics ------------------------------------------------------------------------------------
-
-# Queued step runs per action, plus a 0 for every action a registered worker serves, so the
-# gauge has a series before anything queues.
-QUEUE_DEPTH = q("""
-SELECT action, sum(n)::bigint AS n FROM (
-  SELECT action, count(*) AS n FROM step_runs WHERE status = 'queued' GROUP BY action
-  UNION ALL
-  SELECT DISTINCT unnest(actions), 0 FROM workers WHERE deregistered_at IS NULL
-) d GROUP BY action
-""")
-
-ACTIVE_WORKERS = q("""
-SELECT count(*) FROM workers WHERE deregistered_at IS NULL
-  AND last_seen_at > {NOW} - make_interval(secs => :window)
 """)
 
 NOTIFY = q("SELECT pg_notify('cairn_queue', :payload)")

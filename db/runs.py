@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import text
 
 from db import queries as Q
+from db import queries_reads as R
 from db import transitions
 from db import workflows as wf
 from db.errors import InvalidPayload, InvalidState, NotFound
@@ -150,11 +151,11 @@ async def trigger(
 
 
 async def get(conn: Conn, tenant: str, run_id: str) -> Run:
-    row = (await conn.execute(Q.GET_RUN, {"tenant": tenant, "id": run_id})).first()
+    row = (await conn.execute(R.GET_RUN, {"tenant": tenant, "id": run_id})).first()
     if row is None:
         raise NotFound(f"run {run_id} does not exist")
     attempts: dict[str, list[Attempt]] = {}
-    for a in await conn.execute(Q.RUN_ATTEMPTS, {"run": run_id}):
+    for a in await conn.execute(R.RUN_ATTEMPTS, {"run": run_id}):
         attempts.setdefault(str(a.step_run_id), []).append(
             Attempt(
                 attempt=a.attempt,
@@ -185,7 +186,7 @@ async def get(conn: Conn, tenant: str, run_id: str) -> Run:
             cancel_requested=s.cancel_requested_at is not None,
             attempts=tuple(attempts.get(str(s.id), ())),
         )
-        for s in await conn.execute(Q.RUN_STEPS, {"run": run_id})
+        for s in await conn.execute(R.RUN_STEPS, {"run": run_id})
     )
     return _run(row, steps)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from db import queries as Q
+from db import queries_reads as R
 from db.definitions import normalize
 from db.errors import NotFound
 from db.payloads import canonical_hash
@@ -29,14 +29,14 @@ async def register(
     """Register a definition. Returns (workflow, created); identical to the latest → not created."""
     definition = normalize(name, raw, max_steps=max_steps)
     digest = canonical_hash(definition)
-    await conn.execute(Q.LOCK_WORKFLOW_NAME, {"tenant": tenant, "name": name})
-    latest = (await conn.execute(Q.LATEST_WORKFLOW, {"tenant": tenant, "name": name})).first()
+    await conn.execute(R.LOCK_WORKFLOW_NAME, {"tenant": tenant, "name": name})
+    latest = (await conn.execute(R.LATEST_WORKFLOW, {"tenant": tenant, "name": name})).first()
     if latest is not None and latest.definition_hash == digest:
         return _workflow(latest), False
     version = 1 if latest is None else latest.version + 1
     row = (
         await conn.execute(
-            Q.INSERT_WORKFLOW,
+            R.INSERT_WORKFLOW,
             {
                 "tenant": tenant,
                 "name": name,
@@ -60,11 +60,11 @@ async def get(
 ) -> tuple[Workflow, int]:
     """The latest (or given) version and its row id."""
     if version is None:
-        row = (await conn.execute(Q.LATEST_WORKFLOW, {"tenant": tenant, "name": name})).first()
+        row = (await conn.execute(R.LATEST_WORKFLOW, {"tenant": tenant, "name": name})).first()
     else:
         row = (
             await conn.execute(
-                Q.WORKFLOW_VERSION, {"tenant": tenant, "name": name, "version": version}
+                R.WORKFLOW_VERSION, {"tenant": tenant, "name": name, "version": version}
             )
         ).first()
     if row is None:
@@ -72,11 +72,11 @@ async def get(
         raise NotFound(f"{what} is not registered")
     versions: tuple[int, ...] = ()
     if with_versions:
-        rows = await conn.execute(Q.WORKFLOW_VERSIONS, {"tenant": tenant, "name": name})
+        rows = await conn.execute(R.WORKFLOW_VERSIONS, {"tenant": tenant, "name": name})
         versions = tuple(v for (v,) in rows)
     return _workflow(row, versions), int(row.id)
 
 
 async def list_latest(conn: Conn, tenant: str) -> list[Workflow]:
-    rows = await conn.execute(Q.LIST_WORKFLOWS, {"tenant": tenant})
+    rows = await conn.execute(R.LIST_WORKFLOWS, {"tenant": tenant})
     return [_workflow(r) for r in rows]
