@@ -150,7 +150,8 @@ class CairnBench:
                          (SELECT min(s.started_at) FROM step_runs s JOIN runs r2
                             ON r2.id = s.run_id WHERE r2.workflow_name = $1)) AS seconds,
                        (SELECT count(*) FROM step_runs s JOIN runs r3 ON r3.id = s.run_id
-                         WHERE r3.workflow_name = $1 AND s.status = 'succeeded') AS steps
+                         WHERE r3.workflow_name = $1 AND s.status = 'succeeded') AS steps,
+                       extract(epoch FROM max(r.finished_at)) AS last_epoch
                 FROM runs r WHERE r.workflow_name = $1
                 """,
                 workflow,
@@ -159,6 +160,9 @@ class CairnBench:
             await conn.close()
         assert row is not None
         seconds = float(row["seconds"] or 0.0)
+        last = float(row["last_epoch"] or 0.0)
+        # CPU per step run over the same span (every process's, by kind: procs.RssSampler)
+        cpu = await self.sampler.cpu_per_job_after(last - seconds, last, int(row["steps"]))
         return {
             "runs": int(row["total"]),
             "succeeded": int(row["ok"]),
@@ -166,6 +170,7 @@ class CairnBench:
             "seconds": round(seconds, 3),
             "runs_per_s": round(row["ok"] / seconds, 1) if seconds > 0 else None,
             "steps_per_s": round(row["steps"] / seconds, 1) if seconds > 0 else None,
+            "cpu_per_job": cpu,
         }
 
     # ---------------------------------------------------------------- phases

@@ -9,6 +9,7 @@ their last completion. SQL transactions per job come from ``pg_stat_database`` d
 from __future__ import annotations
 
 import asyncio
+import statistics
 import subprocess
 import time
 import traceback
@@ -45,6 +46,9 @@ def median_sample(samples: list[dict[str, Any]]) -> dict[str, Any]:
         return samples[0]
     chosen = dict(ok[(len(ok) - 1) // 2])
     chosen["samples_runs_per_s"] = [x.get("runs_per_s") for x in samples]
+    cpus = [x["cpu_per_job"] for x in ok if x.get("cpu_per_job")]
+    if cpus:  # each figure's own median over the samples
+        chosen["cpu_per_job"] = {k: statistics.median(c[k] for c in cpus) for k in cpus[0]}
     return chosen
 
 
@@ -104,6 +108,7 @@ async def _run(
         "runs_per_s": round(done / seconds, 1) if seconds > 0 else None,
         "enqueue_per_s": round(n / enqueue_s, 1) if enqueue_s > 0 else None,
         "xacts_per_step": round((after.total - before.total - polls) / max(done, 1), 2),
+        "cpu_per_job": await sampler.cpu_per_job_after(first, end, done),
         "worker_peak_rss_mb": sampler.peak_mb(f"{system.key}:worker"),
         "workers_exited_cleanly": exited,
         "note": system.note,

@@ -46,6 +46,13 @@ class Pg:
         if self.tmp is not None:
             self.tmp.cleanup()
 
+    def postmaster_pid(self) -> int | None:
+        """The server's postmaster (first line of ``postmaster.pid``), for CPU accounting."""
+        try:
+            return int((self.embedded.pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def sa_url(self, database: str) -> str:
         """SQLAlchemy URL (what ``CAIRN_DATABASE_URL`` takes)."""
         return self.embedded.url(database)

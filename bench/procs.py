@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -85,16 +87,31 @@ def tree_rss(pid: int) -> int:
         return 0
 
 
+CPU_GROUPS = ("postgres", "server", "workers", "bench")
+
+
 @dataclass
 class RssSampler:
-    """Samples groups of processes every ``interval`` s in a thread; keeps each group's peak.
+    """Samples processes every ``interval`` s in a thread: each watched group's peak RSS, and the
+    CPU time of every process by kind, so any span's CPU cost can be read off afterwards.
 
     ``server``: peak of the summed RSS of the group's process trees (one value per system);
     ``worker``: peak RSS of any single process of the group.
+
+    CPU (user + system, cumulative): ``postgres`` the postmaster and its backends (which serve
+    whichever system is being measured, one at a time), ``server`` a ``cairn serve`` process and
+    its children, ``workers`` every other process the bench started, ``bench`` the bench process
+    itself (its client, its waits, this sampler). ``cpu_between`` interpolates between samples.
     """
 
     interval: float = 0.25
+    postmaster: int | None = None
     peaks: dict[str, float] = field(default_factory=dict)
+    cpu_series: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    _cpu_last: dict[tuple[int, float], tuple[str, float, bool]] = field(default_factory=dict)
+    _kinds: dict[tuple[int, float], str] = field(default_factory=dict)
+    _gone: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CPU_GROUPS, 0.0))
+    _reaped: float | None = None
     _groups: dict[str, Callable[[], list[int]]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -135,6 +152,109 @@ class RssSampler:
                     continue
                 value = float(sum(sizes) if key.endswith(":server") else max(sizes))
                 self.peaks[key] = max(self.peaks.get(key, 0.0), value)
+            self.sample_cpu()
+
+    def sample_cpu(self) -> None:
+        """One reading of the CPU time of each kind, appended to ``cpu_series``.
+
+        A process's CPU goes to its parent's ``children_*`` times when the parent reaps it, so
+        nothing is lost when one exits between two samples: Postgres is the postmaster's own and
+        reaped time plus its live backends'; a process the bench started counts with what it
+        reaped, and once the bench reaps it, the growth of the bench's reaped time is shared
+        among the kinds of its children that went away since the last sample.
+        """
+        now = time.time()
+        me = psutil.Process()
+        mine = me.cpu_times()
+        totals = dict.fromkeys(CPU_GROUPS, 0.0)
+        totals["bench"] = mine.user + mine.system
+        pg_pids: set[int] = set()
+        if self.postmaster is not None:
+            with contextlib.suppress(psutil.Error):
+                pm = psutil.Process(self.postmaster)
+                t = pm.cpu_times()
+                totals["postgres"] = t.user + t.system + t.children_user + t.children_system
+                for backend in pm.children():
+                    pg_pids.add(backend.pid)
+                    with contextlib.suppress(psutil.Error):
+                        b = backend.cpu_times()
+                        totals["postgres"] += b.user + b.system
+        live: dict[tuple[int, float], tuple[str, float, bool]] = {}
+        with contextlib.suppress(psutil.Error):
+            for proc in me.children(recursive=True):
+                if proc.pid in pg_pids or proc.pid == self.postmaster:
+                    continue
+                try:
+                    key = (proc.pid, proc.create_time())
+                    kind = self._kinds.get(key) or _kind(proc, me.pid)
+                    t = proc.cpu_times()
+                    direct = proc.ppid() == me.pid
+                except psutil.Error:
+                    continue
+                self._kinds[key] = kind
+                live[key] = (kind, t.user + t.system + t.children_user + t.children_system, direct)
+        reaped = mine.children_user + mine.children_system
+        if self._reaped is not None:
+            gone = [v for k, v in self._cpu_last.items() if k not in live and v[2]]
+            grown = max(reaped - self._reaped, 0.0)
+            last = sum(v[1] for v in gone)
+            for kind, seconds, _ in gone:  # each its last reading plus its share of the rest
+                extra = (grown - last) * (seconds / last if last > 0 else 1 / len(gone))
+                self._gone[kind] += seconds + max(extra, 0.0)
+        self._reaped = reaped
+        self._cpu_last = live
+        for kind, seconds, _ in live.values():
+            totals[kind] += seconds
+        for kind in ("server", "workers"):
+            totals[kind] += self._gone[kind]
+        self.cpu_series.append((now, totals))
+
+    def cpu_between(self, t0: float, t1: float) -> dict[str, float] | None:
+        """CPU seconds of each kind spent between two ``time.time()`` moments (``None`` when
+        the samples do not cover the span)."""
+        series = list(self.cpu_series)
+        if t1 <= t0 or len(series) < 2 or series[0][0] > t0 or series[-1][0] < t1:
+            return None
+
+        def at(t: float) -> dict[str, float]:
+            for (ta, a), (tb, b) in itertools.pairwise(series):
+                if ta <= t <= tb:
+                    w = (t - ta) / (tb - ta) if tb > ta else 0.0
+                    return {k: a[k] + (b[k] - a[k]) * w for k in CPU_GROUPS}
+            raise AssertionError("covered above")
+
+        start, end = at(t0), at(t1)
+        return {k: end[k] - start[k] for k in CPU_GROUPS}
+
+    async def cpu_per_job_after(self, t0: float, t1: float, jobs: int) -> dict[str, float] | None:
+        """``cpu_per_job``, once a sample after ``t1`` is in (a few intervals at most)."""
+        for _ in range(20):
+            if self.cpu_series and self.cpu_series[-1][0] > t1:
+                break
+            await asyncio.sleep(self.interval / 2)
+        return self.cpu_per_job(t0, t1, jobs)
+
+    def cpu_per_job(self, t0: float, t1: float, jobs: int) -> dict[str, float] | None:
+        """CPU µs per job of each kind over a drain's span, its total and the cores busy."""
+        spent = self.cpu_between(t0, t1)
+        if spent is None or jobs <= 0:
+            return None
+        out = {f"{k}_us": round(v * 1e6 / jobs, 1) for k, v in spent.items()}
+        total = sum(spent.values())
+        out["total_us"] = round(total * 1e6 / jobs, 1)
+        out["cores_busy"] = round(total / (t1 - t0), 2)
+        return out
+
+
+def _kind(proc: psutil.Process, bench_pid: int) -> str:
+    """``server`` for a ``cairn serve`` process or one it started, else ``workers``."""
+    for p in (proc, *proc.parents()):
+        if p.pid == bench_pid:
+            break
+        cmd = p.cmdline()
+        if "api.cli" in cmd and "serve" in cmd:
+            return "server"
+    return "workers"
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

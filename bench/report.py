@@ -63,7 +63,16 @@ def table(results: dict[str, Any]) -> str:
     drain = cairn.get("drain") or {}
     base = drain.get("runs_per_s")
     rows: list[list[str]] = [
-        ["system", "drain runs/s", "x cairn", "enqueue/s", "xacts/job", "worker RSS MB", "note"]
+        [
+            "system",
+            "drain runs/s",
+            "x cairn",
+            "enqueue/s",
+            "xacts/job",
+            "CPU us/job db+srv+wrk",
+            "worker RSS MB",
+            "note",
+        ]
     ]
     cairn_note = f"trigger via {drain.get('trigger_path', '?')}" + _spread(drain)
     if "error" in drain:
@@ -75,6 +84,7 @@ def table(results: dict[str, Any]) -> str:
             "1.00" if base else "n/a",
             _num(drain.get("trigger_per_s")),
             _num(drain.get("xacts_per_step"), 2),
+            _cpu(drain),
             _num(cairn.get("worker_peak_rss_mb")),
             cairn_note,
         ]
@@ -89,6 +99,7 @@ def table(results: dict[str, Any]) -> str:
                 f"{ratio:.2f}" if ratio else "n/a",
                 _num(multi.get("trigger_per_s")),
                 _num(multi.get("xacts_per_step"), 2),
+                _cpu(multi),
                 "",
                 multi.get("error", "")[:70]
                 or f"server RSS (all processes) {_num(multi.get('server_peak_rss_mb'))} MB"
@@ -97,7 +108,7 @@ def table(results: dict[str, Any]) -> str:
         )
     for s in results.get("systems", {}).values():
         if "error" in s:
-            rows.append([s["label"], "n/a", "n/a", "n/a", "n/a", "n/a", s["error"][:70]])
+            rows.append([s["label"], "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", s["error"][:70]])
             continue
         ratio = _ratio(s.get("runs_per_s"), base)
         rows.append(
@@ -107,6 +118,7 @@ def table(results: dict[str, Any]) -> str:
                 f"{ratio:.2f}" if ratio else "n/a",
                 _num(s.get("enqueue_per_s")),
                 _num(s.get("xacts_per_step"), 2),
+                _cpu(s),
                 _num(s.get("worker_peak_rss_mb")),
                 (s.get("note", "")[:70] + _spread(s)).strip("; "),
             ]
@@ -119,6 +131,18 @@ def table(results: dict[str, Any]) -> str:
     for k, v in targets(results).items():
         lines.append(f"  {k:<38} {_num(v, 3) if isinstance(v, float) else _num(v)}")
     return "\n".join(lines)
+
+
+def _cpu(d: dict[str, Any]) -> str:
+    """CPU µs per job over the drain's span: Postgres + Cairn server + workers = total (the
+    bench's own process is in the total), and the cores busy."""
+    c = d.get("cpu_per_job")
+    if not c:
+        return "n/a"
+    return (
+        f"{c['postgres_us']:.0f}+{c['server_us']:.0f}+{c['workers_us']:.0f}"
+        f" = {c['total_us']:.0f} ({c['cores_busy']:.2f} cores)"
+    )
 
 
 def _spread(d: dict[str, Any]) -> str:
@@ -209,7 +233,7 @@ def chart(results: dict[str, Any], path: Path) -> Path:
     for s in results.get("systems", {}).values():
         names.append(s["label"].replace(", ", "\n"))
         values.append(s.get("runs_per_s") or 0.0)
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
+    fig, axes = plt.subplots(1, 4, figsize=(22, 5.5))
     ax = axes[0]
     mine = 2 if cairn.get("drain_multi") else 1
     colors = ["#c0392b"] * mine + ["#7f8c8d"] * (len(values) - mine)
@@ -257,7 +281,48 @@ def chart(results: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("queued step runs")
     ax.set_title("Cairn single claim (poll max_tasks=1)")
     ax.legend()
+    _cpu_panel(axes[3], results)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _cpu_panel(ax: Any, results: dict[str, Any]) -> None:
+    """CPU µs per job over each drain's span, stacked by kind of process (linear; a bar beyond
+    three times Cairn's is cut at the edge, its total written beside it)."""
+    cairn = results.get("cairn", {})
+    rows: list[tuple[str, dict[str, Any]]] = [("cairn", _get(cairn, "drain") or {})]
+    if cairn.get("drain_multi"):
+        rows.append(("cairn\nserve --workers 2", cairn["drain_multi"]))
+    rows += [(s["label"].replace(", ", "\n"), s) for s in results.get("systems", {}).values()]
+    rows = [(name, d["cpu_per_job"]) for name, d in rows if d.get("cpu_per_job")]
+    if not rows:
+        ax.set_title("Cost per job: not measured")
+        return
+    names = [name for name, _ in rows]
+    totals = [float(c["total_us"]) for _, c in rows]
+    edge = min(max(totals), 3 * totals[0]) * 1.15
+    left = [0.0] * len(rows)
+    for kind, color in (
+        ("postgres", "#2c3e50"),
+        ("server", "#c0392b"),
+        ("workers", "#95a5a6"),
+        ("bench", "#f1c40f"),
+    ):
+        values = [float(c.get(f"{kind}_us") or 0.0) for _, c in rows]
+        ax.barh(names, values, left=left, color=color, label=kind)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    for i, (total, (_, c)) in enumerate(zip(totals, rows, strict=True)):
+        ax.text(
+            min(total, edge),
+            i,
+            f" {total:,.0f} ({c['cores_busy']:.2f} cores)",
+            va="center",
+            fontsize=8,
+        )
+    ax.set_xlim(0, edge * 1.35)
+    ax.set_xlabel("CPU µs per job over the drain (all processes)")
+    ax.set_title("Cost per job, by process")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")

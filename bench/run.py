@@ -240,7 +240,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="cairn-bench-work-"))
     print(f"bench: logs and worker files in {workdir}", flush=True)
     pg = Pg.start()
-    sampler = procs.RssSampler()
+    sampler = procs.RssSampler(postmaster=pg.postmaster_pid())
     sampler.start()
     results: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
