@@ -311,7 +311,8 @@ def _cpu_panel(ax: Any, results: dict[str, Any]) -> None:
         ("bench", "#f1c40f"),
     ):
         values = [float(c.get(f"{kind}_us") or 0.0) for _, c in rows]
-        ax.barh(names, values, left=left, color=color, label=kind)
+        shown = [max(min(x + v, edge) - x, 0.0) for x, v in zip(left, values, strict=True)]
+        ax.barh(names, shown, left=left, color=color, label=kind)
         left = [a + b for a, b in zip(left, values, strict=True)]
     for i, (total, (_, c)) in enumerate(zip(totals, rows, strict=True)):
         ax.text(
@@ -325,4 +326,4 @@ def _cpu_panel(ax: Any, results: dict[str, Any]) -> None:
     ax.set_xlabel("CPU µs per job over the drain (all processes)")
     ax.set_title("Cost per job, by process")
     ax.invert_yaxis()
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4)
