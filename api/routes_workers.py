@@ -116,15 +116,20 @@ async def poll(
         else None
     )
     answers: list[dict[str, Any]] = []
+    floors: str | None = None  # where each action's claim starts (db/claim_floors.py)
 
     async def claim(conn: Conn, effects: Effects) -> PollResult:
         nonlocal answers
         if batch is not None:  # only one claim when results are carried (see the loop)
             answers = await results.apply(conn, tenant, batch, effects)
-        return await leases.poll(conn, tenant, wid, max_tasks=max_tasks, effects=effects)
+        return await leases.poll(
+            conn, tenant, wid, max_tasks=max_tasks, effects=effects, floors=floors
+        )
 
     async def claim_alone(conn: Conn, effects: Effects) -> PollResult | None:
-        return await leases.claim(conn, tenant, wid, max_tasks=max_tasks, effects=effects)
+        return await leases.claim(
+            conn, tenant, wid, max_tasks=max_tasks, effects=effects, floors=floors
+        )
 
     async def completing(conn: Conn, effects: Effects) -> PollResult | None:
         nonlocal answers
@@ -136,6 +141,7 @@ async def poll(
             leases.completion_items([c for _, c in batch.completions]),
             max_tasks=max_tasks,
             effects=effects,
+            floors=floors,
         )
         if done is not None:
             answers = [
@@ -144,6 +150,13 @@ async def poll(
         return done
 
     async def claim_once() -> PollResult:
+        nonlocal floors
+        floors = svc.claim_floors.param(tenant, actions)
+        result = await claim_statements()
+        svc.claim_floors.learn(tenant, result.floors)
+        return result
+
+    async def claim_statements() -> PollResult:
         if batch is None:  # one statement, no transaction block (unless cancellations wait)
             alone = await svc.statement(claim_alone)
             if alone is not None:

@@ -12,6 +12,7 @@ from api.metrics import Metrics
 from api.notifier import Notifier
 from api.settings import Settings
 from db import transitions
+from db.claim_floors import ClaimFloors
 from db.engine import Database
 from db.pg import Conn
 from db.types import Effects
@@ -27,6 +28,8 @@ class Service:
         self.db = db
         self.notifier = notifier
         self.metrics = metrics
+        # Where each action's next claim starts reading (db/claim_floors.py).
+        self.claim_floors = ClaimFloors(rescan_s=settings.claim_floor_rescan_s)
         self._worker_actions: OrderedDict[str, tuple[str, ...]] = OrderedDict()
 
     async def tx(self, fn: Callable[[Conn, Effects], Awaitable[T]]) -> T:

@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     poll_max_wait_s: float = 30.0
     poll_recheck_s: float = 1.0
     poll_max_tasks: int = 100
+    claim_floor_rescan_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="a claim reads each action's queue from where the previous claims left it "
+        "(not over the dead entries of every step run claimed since the last VACUUM), and from "
+        "the start once every this many seconds, which finds a step run left below (a claim that "
+        "rolled back); 0: always from the start",
+    )
 
     # Reaper (lease expiry, timeouts, cancellation grace) and cancellation.
     reaper_interval_s: float = 1.0

@@ -38,6 +38,7 @@ class CairnServer:
         self.server_workers = server_workers
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}  # more CAIRN_* settings for the next start
         if server_workers > 1 and not serve_supports_workers():
             raise ServerError(
                 f"--server-workers {server_workers}: this `cairn serve` has no --workers option"
@@ -59,6 +60,7 @@ class CairnServer:
             "CAIRN_DATABASE_URL": self.pg.sa_url(self.database),
             "CAIRN_PORT": str(self.port),
             "CAIRN_LOG_LEVEL": "warning",
+            **self.env,
         }
         self.proc = procs.spawn(args, env=env, log=self.log)
         deadline = time.monotonic() + timeout

@@ -1,9 +1,16 @@
-"""Claim latency against a deep queue: 1,000 vs ``--depth-max`` queued step runs.
+"""Claim latency against a deep queue: 1,000 vs ``--depth-max`` queued step runs, then behind
+``--depth-claimed`` step runs claimed since the last VACUUM.
 
 The backlog is written straight into Cairn's tables with ``INSERT ... SELECT generate_series``
 shaped like ``db.queries.CREATE_RUN`` (a run row plus its queued root step run), then ANALYZE;
 each sample is one ``POST /workers/{id}/poll`` with ``max_tasks=1, wait_s=0`` timed on the
 client, and the claimed step run is completed (untimed) so the worker never runs out of slots.
+
+Claimed since the last VACUUM: the oldest ``--depth-claimed`` queued step runs are finished in
+one statement with autovacuum off for the table, which leaves their dead entries at the head of
+the claim index, as a busy queue has between two autovacuums. Sampled with the server as it
+runs (claims read from their floors, ``db/claim_floors.py``, and from the start every 5 s) and
+restarted with ``CAIRN_CLAIM_FLOOR_RESCAN_S=0`` (every claim from the start).
 """
 
 from __future__ import annotations
@@ -116,8 +123,65 @@ def _sample(http: httpx.Client, worker_id: str, samples: int, warmup: int = 10) 
     return out
 
 
+FINISH_OLDEST = """
+UPDATE step_runs SET status = 'succeeded', output = '{}'::jsonb, finished_at = now()
+WHERE id IN (SELECT id FROM step_runs WHERE status = 'queued'
+             ORDER BY available_at, id LIMIT $1)
+"""
+
+
+async def _finish_oldest(pg: Pg, count: int) -> float:
+    """Finish the oldest ``count`` queued step runs, autovacuum off: their dead entries stay."""
+    conn = await pg.connect(DATABASE)
+    try:
+        await conn.execute("ALTER TABLE step_runs SET (autovacuum_enabled = false)")
+        t = time.perf_counter()
+        await conn.execute(FINISH_OLDEST, count, timeout=600)
+        return time.perf_counter() - t
+    finally:
+        await conn.close()
+
+
+async def _autovacuum_back(pg: Pg) -> None:
+    conn = await pg.connect(DATABASE)
+    try:
+        await conn.execute("ALTER TABLE step_runs RESET (autovacuum_enabled)")
+    finally:
+        await conn.close()
+
+
+async def _claimed_before(
+    pg: Pg, server: CairnServer, worker_id: str, claimed: int, samples: int
+) -> dict[str, Any]:
+    seconds = await _finish_oldest(pg, claimed)
+    await analyze(pg, DATABASE)
+    out: dict[str, Any] = {"claimed": claimed, "finish_s": round(seconds, 1)}
+    try:
+        for label, env in (("floors", {}), ("from_start", {"CAIRN_CLAIM_FLOOR_RESCAN_S": "0"})):
+            server.stop()
+            server.env = env
+            server.start()
+            with httpx.Client(base_url=server.url, timeout=60.0) as http:
+                stats = procs.summary_ms(_sample(http, worker_id, samples))
+            out[label] = stats
+            print(
+                f"  depth, {claimed:,} claimed since VACUUM ({label}): claim p50 "
+                f"{stats['p50_ms']} ms, p95 {stats['p95_ms']} ms",
+                flush=True,
+            )
+    finally:
+        server.env = {}
+        await _autovacuum_back(pg)
+    return out
+
+
 async def run_depth(
-    pg: Pg, sizes: list[int], samples: int, workdir: Path, server_workers: int = 1
+    pg: Pg,
+    sizes: list[int],
+    samples: int,
+    workdir: Path,
+    server_workers: int = 1,
+    claimed: int = 0,
 ) -> dict[str, Any]:
     await pg.create_database(DATABASE)
     server = CairnServer(pg, DATABASE, workdir, server_workers=server_workers)
@@ -151,6 +215,11 @@ async def run_depth(
                     f"p95 {stats['p95_ms']} ms (backlog insert {insert_s:.1f}s)",
                     flush=True,
                 )
+        if claimed > 0:
+            room = await _queued(pg) - 2 * (samples + 10) - 1
+            results["claimed_before"] = await _claimed_before(
+                pg, server, worker_id, min(claimed, room), samples
+            )
     finally:
         server.stop()
     return results

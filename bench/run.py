@@ -42,6 +42,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--depth-max", type=int, default=1_000_000, help="deep backlog (1,000,000)")
     p.add_argument("--depth-min", type=int, default=1_000, help="shallow backlog (1,000)")
     p.add_argument("--depth-samples", type=int, default=200, help="claims timed per depth")
+    p.add_argument(
+        "--depth-claimed",
+        type=int,
+        default=200_000,
+        help="then claims behind this many step runs claimed since the last VACUUM (0: skip)",
+    )
     p.add_argument("--light-rate", type=float, default=50.0, help="light load runs/s (50)")
     p.add_argument("--latency-seconds", type=float, default=10.0, help="per latency phase (10)")
     p.add_argument(
@@ -128,7 +134,14 @@ async def run_cairn(
         out["depth"] = await _phase(
             errors,
             "depth",
-            run_depth(pg, sizes, args.depth_samples, workdir, args.server_workers),
+            run_depth(
+                pg,
+                sizes,
+                args.depth_samples,
+                workdir,
+                args.server_workers,
+                claimed=args.depth_claimed,
+            ),
         )
     return out
 

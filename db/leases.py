@@ -78,12 +78,25 @@ async def _deliver_cancellations(
 
 
 async def _claim(
-    conn: Conn, tenant: str, worker_id: str, max_tasks: int, effects: Effects, now: datetime | None
+    conn: Conn,
+    tenant: str,
+    worker_id: str,
+    max_tasks: int,
+    effects: Effects,
+    now: datetime | None,
+    floors: str | None,
 ) -> tuple[PollResult, tuple[str, ...]]:
     """CLAIM once: what it claimed, and the cancellations waiting to be delivered (when there
     are any it claimed nothing)."""
     rows = await conn.execute(
-        Q.CLAIM, {"tenant": tenant, "worker": worker_id, "max_tasks": max_tasks, "now": now}
+        Q.CLAIM,
+        {
+            "tenant": tenant,
+            "worker": worker_id,
+            "max_tasks": max_tasks,
+            "now": now,
+            "floors": floors,
+        },
     )
     if not rows:
         raise NotFound(f"worker {worker_id} is not registered (register again)")
@@ -98,6 +111,7 @@ async def _claim(
         cancelled=(),
         actions=tuple(head["actions"]),
         full=len(tasks) >= head["n"],
+        floors=head["floors"],
     )
     return result, tuple(head["cancelled"])
 
@@ -110,11 +124,13 @@ async def claim(
     max_tasks: int,
     effects: Effects,
     now: datetime | None = None,
+    floors: str | None = None,
 ) -> PollResult | None:
     """One statement, which needs no transaction block: claim up to ``max_tasks`` (never beyond
-    free slots). ``None`` (nothing claimed) while cancellations wait to be delivered: ``poll``
-    delivers them, in a transaction."""
-    result, pending = await _claim(conn, tenant, worker_id, max_tasks, effects, now)
+    free slots), each action read from its floor (``floors``: ``db.claim_floors``). ``None``
+    (nothing claimed) while cancellations wait to be delivered: ``poll`` delivers them, in a
+    transaction."""
+    result, pending = await _claim(conn, tenant, worker_id, max_tasks, effects, now, floors)
     return None if pending else result
 
 
@@ -126,17 +142,22 @@ async def poll(
     max_tasks: int,
     effects: Effects,
     now: datetime | None = None,
+    floors: str | None = None,
 ) -> PollResult:
     """In the caller's transaction: deliver pending cancellations (their slots are free then),
     and claim up to ``max_tasks`` (never beyond free slots)."""
-    result, pending = await _claim(conn, tenant, worker_id, max_tasks, effects, now)
+    result, pending = await _claim(conn, tenant, worker_id, max_tasks, effects, now, floors)
     if not pending:
         return result
     cancelled = await _deliver_cancellations(conn, worker_id, list(pending), effects, now)
-    again, _ = await _claim(conn, tenant, worker_id, max_tasks, effects, now)
+    again, _ = await _claim(conn, tenant, worker_id, max_tasks, effects, now, floors)
     # A cancellation requested in between claims nothing more: the next poll delivers it.
     return PollResult(
-        tasks=again.tasks, cancelled=tuple(cancelled), actions=again.actions, full=again.full
+        tasks=again.tasks,
+        cancelled=tuple(cancelled),
+        actions=again.actions,
+        full=again.full,
+        floors=again.floors,
     )
 
 

@@ -60,6 +60,8 @@ SELECT array_agg(status::text),
   NULL::double precision[], NULL::text[],
   CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.actions END,
   CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.cancelled END,
+  CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN (SELECT floors FROM floors)
+  END,
   CASE WHEN t.id IS NOT NULL THEN {Q.CLAIM_TASK} END
 FROM w CROSS JOIN lim LEFT JOIN tasks t ON true
 ORDER BY t.available_at, t.id"""
@@ -82,7 +84,7 @@ BEGIN
   -- One row for the results: how many applied, their durations, the runs settled, the steps
   -- queued (their NOTIFYs are sent above).
   RETURN QUERY SELECT 'applied'::text, coalesce(cardinality(q_actions), 0), NULL::double precision,
-    d_seconds, s_statuses, NULL::text[], NULL::text[], NULL::text;
+    d_seconds, s_statuses, NULL::text[], NULL::text[], NULL::text, NULL::text;
   RETURN QUERY {claim};
   -- The claim answered for a registered worker (a row at least) with no cancellation waiting
   -- for it, even one requested meanwhile (else: one by one, which delivers it).
@@ -96,7 +98,16 @@ END
 """
 
 
-CALL = Q.q(f"SELECT * FROM {NAME}(:tenant, :worker, :items, :max_tasks, :now)")
+# The function's parameters and columns (migrations create it with these and ``body()``).
+SIGNATURE = (
+    f"{NAME}(p_tenant uuid, p_worker uuid, p_items text, p_max_tasks integer, p_now timestamptz,"
+    " p_floors text)"
+)
+COLUMNS = (
+    "kind text, n integer, seconds double precision, durations double precision[],"
+    " statuses text[], actions text[], cancelled text[], floors text, task text"
+)
+CALL = Q.q(f"SELECT * FROM {NAME}(:tenant, :worker, :items, :max_tasks, :now, :floors)")
 
 
 async def poll_completing(
@@ -108,9 +119,11 @@ async def poll_completing(
     max_tasks: int,
     effects: Effects,
     now: datetime | None = None,
+    floors: str | None = None,
 ) -> PollResult | None:
-    """Apply completions (``items``: ``COMPLETE_MANY``'s JSON array) and claim, in one call;
-    ``None`` when the caller must run the statements one by one (nothing was applied)."""
+    """Apply completions (``items``: ``COMPLETE_MANY``'s JSON array) and claim (each action
+    from its floor: ``db.claim_floors``), in one call; ``None`` when the caller must run the
+    statements one by one (nothing was applied)."""
     try:
         rows = await conn.execute(
             CALL,
@@ -120,6 +133,7 @@ async def poll_completing(
                 "items": items,
                 "max_tasks": max_tasks,
                 "now": now,
+                "floors": floors,
             },
         )
     except asyncpg.PostgresError as err:
@@ -150,4 +164,5 @@ async def poll_completing(
         cancelled=(),
         actions=tuple(head["actions"]),
         full=len(tasks) >= head["n"],
+        floors=head["floors"],
     )

@@ -293,6 +293,18 @@ SELECT id, run_id FROM step_runs WHERE worker_id = :worker AND status = 'running
 # queue is and however many actions the worker serves. One row per claimed step run, or one row
 # of NULL task columns when none was; the worker's columns only on the first row; no row at all
 # when the worker is not registered.
+#
+# Floors (``:floors``, ``db/claim_floors.py``): every step run claimed leaves a dead entry at the
+# head of the claim index until VACUUM removes it, and a scan from the start of an action's range
+# steps over all of them (on a busy queue, hundreds of thousands between two autovacuums). The
+# caller passes, per action, the (available_at, id) of the first row the previous claim found;
+# the scan starts there, or CLAIM_FLOOR_MARGIN before now when that is earlier (a row queued by a
+# transaction still open then is older than its commit), or at the start when there is no floor.
+# The claim answers the floors for the next claim (``floors``, first row). A row that still ends
+# up below a floor (a claim that locked it rolled back, a transaction queueing rows for longer
+# than the margin) waits for the caller's next full scan: late, never lost.
+CLAIM_FLOOR_MARGIN = "interval '1 second'"
+NIL_UUID = "CAST('00000000-0000-0000-0000-000000000000' AS uuid)"
 CLAIM_CTES = """
 WITH w AS (
   SELECT id, actions, lease_timeout_s,
@@ -309,24 +321,42 @@ WITH w AS (
   SELECT CASE WHEN cardinality(cancelled) > 0 THEN 0
               ELSE GREATEST(LEAST(CAST(:max_tasks AS integer), free), 0) END AS n
   FROM w
-), cand AS (
-  SELECT c.id, c.available_at FROM w CROSS JOIN LATERAL unnest(w.actions) AS a(action)
+), seek AS (
+  SELECT a.action, CASE WHEN f.at IS NULL THEN '-infinity' ELSE LEAST(f.at, {NOW} - {MARGIN}) END
+      AS at,
+    CASE WHEN f.at < {NOW} - {MARGIN} THEN f.id ELSE {NIL_UUID} END AS id
+  FROM w CROSS JOIN LATERAL unnest(w.actions) AS a(action)
   CROSS JOIN LATERAL (
+    SELECT CAST(CAST(:floors AS jsonb) -> a.action ->> 0 AS timestamptz) AS at,
+      CAST(CAST(:floors AS jsonb) -> a.action ->> 1 AS uuid) AS id
+  ) f
+), found AS (
+  SELECT k.action, c.id, c.available_at FROM seek k CROSS JOIN LATERAL (
     SELECT s.id, s.available_at FROM step_runs s
-    WHERE s.tenant_id = :tenant AND s.status = 'queued' AND s.action = a.action
-      AND s.available_at <= {NOW}
+    WHERE s.tenant_id = :tenant AND s.status = 'queued' AND s.action = k.action
+      AND s.available_at <= {NOW} AND (s.available_at, s.id) >= (k.at, k.id)
     ORDER BY s.available_at, s.id
     LIMIT (SELECT n FROM lim)
     FOR UPDATE SKIP LOCKED
   ) c
-  ORDER BY c.available_at, c.id
-  LIMIT (SELECT n FROM lim)
+), cand AS (
+  SELECT id, available_at FROM found ORDER BY available_at, id LIMIT (SELECT n FROM lim)
+), floors AS (
+  -- Where each action's next claim may start: its first row found here, or (none found) now.
+  SELECT CAST(jsonb_object_agg(k.action, COALESCE(
+      (SELECT jsonb_build_array(f.available_at, f.id) FROM found f WHERE f.action = k.action
+       ORDER BY f.available_at, f.id LIMIT 1),
+      jsonb_build_array({NOW}, {NIL_UUID}))) AS text) AS floors
+  FROM seek k WHERE (SELECT n FROM lim) > 0
 ), claimed AS (
   UPDATE step_runs s SET status = 'running', attempt = s.attempt + 1,
     lease_token = gen_random_uuid(), worker_id = :worker,
     lease_expires_at = {NOW} + make_interval(secs => (SELECT lease_timeout_s FROM w)),
     timeout_at = {NOW} + make_interval(secs => s.timeout_s), started_at = {NOW}
-  WHERE s.id = ANY(ARRAY(SELECT id FROM cand)) AND s.status = 'queued'
+  -- The rows are locked queued by this statement (FOR UPDATE above): the guard is the lock. Not
+  -- naming the status keeps the claim index (partial on it) out of this lookup by key, which
+  -- would otherwise read that index whole, dead entries and all, when statistics are stale.
+  WHERE s.id = ANY(ARRAY(SELECT id FROM cand)) AND s.lease_token IS NULL
   RETURNING s.id, s.run_id, s.step_name, s.action, s.attempt, s.lease_token, s.started_at,
     s.parent_outputs, s.timeout_at, s.lease_expires_at, s.delivery, s.available_at
 ), tasks AS (
@@ -334,7 +364,7 @@ WITH w AS (
     SELECT workflow_name, version, input FROM runs WHERE runs.id = c.run_id OFFSET 0
   ) r
 )
-"""
+""".replace("{MARGIN}", CLAIM_FLOOR_MARGIN).replace("{NIL_UUID}", NIL_UUID)
 
 # One claimed step run as the JSON text of a poll's task.
 CLAIM_TASK = """CAST(json_build_object(
@@ -351,6 +381,8 @@ CLAIM = q(
   CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN w.cancelled END
     AS cancelled,
   lim.n,
+  CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN (SELECT floors FROM floors)
+  END AS floors,
   CASE WHEN t.id IS NOT NULL THEN {CLAIM_TASK} END AS task,
   EXTRACT(EPOCH FROM (t.started_at - t.available_at)) AS queue_latency
 FROM w CROSS JOIN lim LEFT JOIN tasks t ON true

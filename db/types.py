@@ -87,6 +87,7 @@ class PollResult:
     cancelled: tuple[str, ...]
     actions: tuple[str, ...]
     full: bool = False  # the claim took all it could (or had no room): work may remain
+    floors: str | None = None  # where the next claim of each action may start (db.claim_floors)
 
 
 @dataclass

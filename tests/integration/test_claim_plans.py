@@ -19,15 +19,16 @@ def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from nodes(child)
 
 
-async def explain(conn: asyncpg.Connection, statement: Any, params: dict[str, Any]) -> list[Any]:
+async def explain(
+    conn: asyncpg.Connection, statement: Any, params: dict[str, Any], *, buffers: bool = False
+) -> list[Any]:
     """The plan's nodes, the statement executed (EXPLAIN ANALYZE) and rolled back."""
     sql, names = compile_sql(statement.text)
+    options = "ANALYZE, BUFFERS, FORMAT JSON" if buffers else "ANALYZE, FORMAT JSON"
     tx = conn.transaction()
     await tx.start()
     try:
-        raw = await conn.fetchval(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *[params[n] for n in names]
-        )
+        raw = await conn.fetchval(f"EXPLAIN ({options}) " + sql, *[params[n] for n in names])
     finally:
         await tx.rollback()
     return list(nodes(json.loads(raw)[0]["Plan"]))
@@ -50,7 +51,9 @@ async def test_a_poll_counts_its_slots_from_its_own_rows_with_stale_statistics(
             assert len(await api.poll(w, max_tasks=100)) == 100
         tenant = await conn.fetchval("SELECT tenant_id::text FROM workers LIMIT 1")
         claim = await explain(
-            conn, Q.CLAIM, {"tenant": tenant, "worker": workers[0], "max_tasks": 10, "now": None}
+            conn,
+            Q.CLAIM,
+            {"tenant": tenant, "worker": workers[0], "max_tasks": 10, "now": None, "floors": None},
         )
         reaper = await explain(conn, Q.REAPER_CANDIDATES, {"grace": 30, "batch": 100, "now": None})
     finally:
