@@ -275,7 +275,7 @@ def chart(results: dict[str, Any], path: Path) -> Path:
     before = _get(cairn, "depth", "claimed_before") or {}
     for label, short in (("floors", "floor"), ("from_start", "start")):
         if before.get(label):
-            bars.append((f"+{before['claimed'] // 1000}k dead\n({short})", before[label]))
+            bars.append((f"+{before['claimed'] // 1000}k\nclaimed\n({short})", before[label]))
     ax.bar([b[0] for b in bars], [b[1]["p50_ms"] or 0 for b in bars], label="p50")
     ax.plot([b[0] for b in bars], [b[1]["p95_ms"] or 0 for b in bars], "ko-", label="p95")
     low = min((b[1]["p50_ms"] or 1 for b in bars), default=1)
