@@ -486,35 +486,4 @@ LEFT JOIN step_attempts a ON a.step_run_id = s.id AND a.lease_token = CAST(:toke
 WHERE s.id = :id AND s.tenant_id = :tenant
 """)
 
-# --- reaper -------------------------------------------------------------------------------------
-
-REAPER_CANDIDATES = q("""
-(SELECT id, run_id, 'cancel_grace' AS kind FROM step_runs
- WHERE status = 'running' AND cancel_requested_at IS NOT NULL
-   AND cancel_requested_at <= {NOW} - make_interval(secs => :grace) LIMIT :batch)
-UNION ALL
-(SELECT id, run_id, 'deadline' FROM step_runs
- WHERE status = 'running' AND lease_expires_at IS NOT NULL  -- the deadline index (0009)
-   AND least(lease_expires_at, timeout_at) <= {NOW}
- ORDER BY least(lease_expires_at, timeout_at) LIMIT :batch)
-UNION ALL
-(SELECT id, run_id, 'schedule' FROM step_runs
- WHERE status = 'queued' AND schedule_deadline <= {NOW}
- ORDER BY schedule_deadline LIMIT :batch)
-""")
-
-LOCK_RUN_NOWAIT = q("SELECT id FROM runs WHERE id = :run FOR UPDATE SKIP LOCKED")
-
-REAPER_STEP = q("""
-SELECT id, run_id, tenant_id, step_name, action, status, attempt, max_attempts, delivery,
-  backoff, lease_token, worker_id, is_on_failure, cancel_requested_at,
-  (status = 'running' AND cancel_requested_at IS NOT NULL
-   AND cancel_requested_at <= {NOW} - make_interval(secs => :grace)) AS cancel_due,
-  (status = 'running' AND lease_expires_at <= {NOW}) AS lease_due,
-  (status = 'running' AND timeout_at <= {NOW}) AS timeout_due,
-  (status = 'queued' AND schedule_deadline <= {NOW}) AS schedule_due,
-  EXTRACT(EPOCH FROM ({NOW} - started_at)) AS duration
-FROM step_runs WHERE id = :id FOR UPDATE
-""")
-
 NOTIFY = q("SELECT pg_notify('cairn_queue', :payload)")

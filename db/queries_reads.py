@@ -1,6 +1,6 @@
 """Named SQL off the queue's path: workflow definitions, the API's reads of runs, their steps and
 attempts, and the metrics' gauges. The queue's statements (runs created, claimed, completed,
-settled, reaped) are in ``db/queries.py``, with the macros both use.
+settled) are in ``db/queries.py``, with the macros, and the reaper's in ``db/queries_reaper.py``.
 """
 
 from __future__ import annotations

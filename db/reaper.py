@@ -11,6 +11,7 @@ import logging
 from datetime import datetime
 
 from db import queries as Q
+from db import queries_reaper as QR
 from db import transitions
 from db.engine import Database
 from db.errors import DatabaseUnavailable
@@ -32,10 +33,10 @@ async def _reap_one(
     effects: Effects,
     now: datetime | None,
 ) -> bool:
-    if (await conn.execute(Q.LOCK_RUN_NOWAIT, {"run": run_id})).first() is None:
+    if (await conn.execute(QR.LOCK_RUN_NOWAIT, {"run": run_id})).first() is None:
         return False
     step = (
-        await conn.execute(Q.REAPER_STEP, {"id": step_run_id, "grace": grace_s, "now": now})
+        await conn.execute(QR.REAPER_STEP, {"id": step_run_id, "grace": grace_s, "now": now})
     ).first()
     if step is None:
         return False
@@ -93,7 +94,7 @@ async def tick(
     """One pass of the reaper. Returns how many step runs it changed."""
     async with db.connect() as conn:
         candidates = (
-            await conn.execute(Q.REAPER_CANDIDATES, {"grace": grace_s, "batch": batch, "now": now})
+            await conn.execute(QR.REAPER_CANDIDATES, {"grace": grace_s, "batch": batch, "now": now})
         ).all()
         await conn.rollback()
     done = 0
@@ -134,7 +135,7 @@ async def release_worker(
         async def give_back(conn: Conn, sid: str = sid, rid: str = rid) -> Effects | None:
             local = Effects()
             await conn.execute(Q.LOCK_RUN, {"tenant": tenant, "id": rid})
-            step = (await conn.execute(Q.REAPER_STEP, {"id": sid, "grace": 0, "now": now})).first()
+            step = (await conn.execute(QR.REAPER_STEP, {"id": sid, "grace": 0, "now": now})).first()
             if step is None or step.status != "running" or str(step.worker_id) != worker_id:
                 return None
             await transitions.release_running(conn, step, local, now)

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from db import queries as Q
+from db import queries_reaper
 from db.pg import compile_sql
 from tests.integration.conftest import Api
 
@@ -55,7 +56,9 @@ async def test_a_poll_counts_its_slots_from_its_own_rows_with_stale_statistics(
             Q.CLAIM,
             {"tenant": tenant, "worker": workers[0], "max_tasks": 10, "now": None, "floors": None},
         )
-        reaper = await explain(conn, Q.REAPER_CANDIDATES, {"grace": 30, "batch": 100, "now": None})
+        reaper = await explain(
+            conn, queries_reaper.REAPER_CANDIDATES, {"grace": 30, "batch": 100, "now": None}
+        )
     finally:
         await conn.close()
     read = [n for n in claim if n.get("Relation Name") == "step_runs"]

@@ -6,6 +6,7 @@ import pytest
 
 from db import queries as Q
 from db import queries_reads as R
+from db import queries_reaper as P
 from db.pg import Result, compile_sql
 
 
@@ -21,8 +22,8 @@ def test_escaped_colon_is_literal() -> None:
 
 
 def test_every_named_query_compiles_without_leftover_names() -> None:
-    named = [(name, getattr(module, name)) for module in (Q, R) for name in dir(module)]
-    assert any(name == "GET_RUN" for name, _ in named) and any(name == "CLAIM" for name, _ in named)
+    named = [(name, getattr(module, name)) for module in (Q, R, P) for name in dir(module)]
+    assert {"GET_RUN", "CLAIM", "REAPER_CANDIDATES"} <= {name for name, _ in named}
     for name, clause in named:
         if hasattr(clause, "text") and name.isupper():
             sql, names = compile_sql(clause.text)
