@@ -21,12 +21,13 @@ the start, as it always could.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 Key = tuple[datetime, str, list[Any]]  # parsed instant, id, the JSON value the claim answered
 
@@ -109,15 +110,15 @@ class ClaimFloors:
             key = _lower(floor.previous, floor.current)
             if key is not None:
                 out[action] = key[2]
-        return json.dumps(out, separators=(",", ":")) if out else None
+        return orjson.dumps(out).decode() if out else None
 
     def learn(self, tenant: str, floors: str | None) -> None:
         """Keys a claim answered (``floors``: JSON object of action → [available_at, id])."""
         if not floors:
             return
         try:
-            learnt = json.loads(floors)
-        except ValueError:
+            learnt = orjson.loads(floors)
+        except orjson.JSONDecodeError:
             return
         if not isinstance(learnt, dict):
             return

@@ -12,17 +12,10 @@ import asyncpg
 from db import queries as Q
 from db.claim_floors import ClaimFloors
 from db.pg import compile_sql
+from tests.clock import Clock
 from tests.integration.conftest import Api
 from tests.integration.test_claim_plans import explain
 from tests.integration.test_poll_results import poll, result
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 async def pg(db_url: str) -> asyncpg.Connection:
@@ -99,7 +92,7 @@ async def test_a_step_run_below_the_floors_is_claimed_by_the_next_full_scan(
     finally:
         await conn.close()
     assert await api.poll(w) == []  # read from the floor: not seen yet
-    clock.t += 5.0
+    clock.now += 5.0
     [found] = await api.poll(w)  # the action's full scan: late, never lost
     assert found["run_id"] == late["id"]
 

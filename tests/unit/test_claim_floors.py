@@ -5,17 +5,10 @@ from __future__ import annotations
 import json
 
 from db.claim_floors import ClaimFloors
+from tests.clock import Clock
 
 T = "tenant"
 A = "wf.a"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def key(second: int, sid: str = "00000000-0000-0000-0000-00000000000a") -> list[str]:
@@ -44,12 +37,12 @@ def test_the_lowest_key_of_this_and_the_previous_generation() -> None:
     floors.learn(T, json.dumps({A: key(10)}))
     floors.learn(T, json.dumps({A: key(20)}))  # a claim that skipped rows another one left
     assert learnt(floors) == {A: key(10)}
-    clock.t += 1.0
+    clock.now += 1.0
     floors.learn(T, json.dumps({A: key(30)}))
     assert learnt(floors) == {A: key(10)}  # the previous generation still counts
-    clock.t += 1.0
+    clock.now += 1.0
     assert learnt(floors) == {A: key(30)}
-    clock.t += 5.0  # no claim meanwhile: nothing new to cover, the floor stays
+    clock.now += 5.0  # no claim meanwhile: nothing new to cover, the floor stays
     assert learnt(floors) == {A: key(30)}
 
 
@@ -68,12 +61,12 @@ def test_each_action_is_read_from_the_start_every_rescan_s() -> None:
     clock = Clock()
     floors = ClaimFloors(rescan_s=5.0, clock=clock)
     floors.learn(T, json.dumps({A: key(10), "wf.b": key(11)}))
-    clock.t += 4.9
+    clock.now += 4.9
     assert set(learnt(floors, (A, "wf.b"))) == {A, "wf.b"}
-    clock.t += 0.1
+    clock.now += 0.1
     assert learnt(floors, (A, "wf.b")) == {}  # both due: this claim reads from the start
     assert set(learnt(floors, (A, "wf.b"))) == {A, "wf.b"}  # the next ones from the floors
-    clock.t += 5.0
+    clock.now += 5.0
     assert learnt(floors, (A,)) == {}
 
 
