@@ -2,7 +2,7 @@
 ``--depth-claimed`` step runs claimed since the last VACUUM.
 
 The backlog is written straight into Cairn's tables with ``INSERT ... SELECT generate_series``
-shaped like ``db.queries.CREATE_RUN`` (a run row plus its queued root step run), then ANALYZE;
+shaped like ``db.queries_runs.CREATE_RUNS`` (a run row plus its queued root step run), then ANALYZE;
 each sample is one ``POST /workers/{id}/poll`` with ``max_tasks=1, wait_s=0`` timed on the
 client, and the claimed step run is completed (untimed) so the worker never runs out of slots.
 

@@ -148,5 +148,8 @@ async def create_pool(dsn: str, *, max_size: int) -> asyncpg.Pool:
         reset=reset_connection,
         record_class=Row,
         timeout=10,
-        server_settings={"application_name": "cairn"},
+        # Every statement here is short: JIT compilation (on by default where Postgres is built
+        # with LLVM) costs more than it saves, up to a second per execution when the planner's
+        # row estimates of JSON set-returning functions push a plan over ``jit_above_cost``.
+        server_settings={"application_name": "cairn", "jit": "off"},
     )

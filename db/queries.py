@@ -31,45 +31,6 @@ def q(sql: str) -> TextClause:
 
 # --- runs ---------------------------------------------------------------------------------------
 
-# One statement creates runs and all their step runs; a run whose idempotency key is taken
-# is not created (nor are its steps).
-CREATE_RUNS = q("""
-WITH x AS (
-  SELECT * FROM jsonb_to_recordset(CAST(:runs AS jsonb)) AS x(id uuid, input jsonb, idem text)
-), r AS (
-  INSERT INTO runs (id, tenant_id, workflow_id, workflow_name, version, status, input,
-                    idempotency_key, trace_id, created_at)
-  SELECT x.id, :tenant, :workflow_id, :name, :version, 'queued', x.input -> 'v', x.idem,
-         gen_random_uuid(), {NOW}
-  FROM x
-  ON CONFLICT (tenant_id, workflow_name, idempotency_key) DO NOTHING
-  RETURNING id, tenant_id, created_at
-), s AS (
-  INSERT INTO step_runs (id, tenant_id, run_id, step_name, action, position, parents,
-                         is_on_failure, status, max_attempts, delivery, timeout_s,
-                         schedule_timeout_s, backoff, parent_outputs, available_at, queued_at,
-                         schedule_deadline)
-  SELECT gen_random_uuid(), r.tenant_id, r.id, d.name, d.action, d.position,
-         ARRAY(SELECT jsonb_array_elements_text(d.parents)), d.on_failure,
-         CASE WHEN d.root THEN 'queued' ELSE 'pending' END,
-         d.retries + 1, d.delivery, d.timeout_s, d.schedule_timeout_s, d.backoff,
-         CASE WHEN d.root THEN '{}'::jsonb END,
-         CASE WHEN d.root THEN r.created_at END,
-         CASE WHEN d.root THEN r.created_at END,
-         CASE WHEN d.root THEN r.created_at + make_interval(secs => d.schedule_timeout_s) END
-  FROM r, jsonb_to_recordset(CAST(:steps AS jsonb)) AS d(
-    name text, action text, position int, parents jsonb, on_failure boolean, root boolean,
-    retries int, delivery text, timeout_s float8, schedule_timeout_s float8, backoff jsonb)
-  RETURNING 1
-)
-SELECT r.id::text AS id, (SELECT count(*) FROM s) AS steps FROM r
-""")
-
-RUNS_BY_IDEMPOTENCY_KEYS = q("""
-SELECT idempotency_key, id::text AS id FROM runs
-WHERE tenant_id = :tenant AND workflow_name = :name AND idempotency_key = ANY(:keys)
-""")
-
 # A run's row stays 'queued' while its first steps run (the claim does not write the run, which
 # halves the rows a claim changes): the row becomes 'running' when a step of it finishes or is
 # re-queued. Readers see the run's real state: 'running', with its first step's start, as soon

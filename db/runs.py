@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from db import queries as Q
 from db import queries_reads as R
+from db import queries_runs as QR
 from db import transitions
 from db import workflows as wf
 from db.errors import InvalidPayload, InvalidState, NotFound
@@ -20,27 +21,13 @@ from db.pg import Conn
 from db.types import Attempt, Effects, Run, RunPage, StepRun
 
 
-def _steps_doc(definition: dict[str, Any]) -> str:
-    steps = [dict(s, on_failure=False) for s in definition["steps"]]
-    if "on_failure" in definition:
-        steps.append(dict(definition["on_failure"], on_failure=True))
-    doc = [
-        {
-            "name": s["name"],
-            "action": s["action"],
-            "position": i,
-            "parents": s["parents"],
-            "on_failure": s["on_failure"],
-            "root": not s["parents"] and not s["on_failure"],
-            "retries": s["retries"],
-            "delivery": s["delivery"],
-            "timeout_s": s["timeout_s"],
-            "schedule_timeout_s": s["schedule_timeout_s"],
-            "backoff": s["backoff"],
-        }
-        for i, s in enumerate(steps)
-    ]
-    return json.dumps(doc)
+def _runs_doc(ids: list[str], items: list[tuple[str, str | None]]) -> str:
+    """``:runs`` of the create statements: ``(input_json, idempotency_key)`` per run id."""
+    doc = ",".join(
+        f'{{"id":"{rid}","input":{{"v":{input_json}}},"idem":{json.dumps(idem)}}}'
+        for rid, (input_json, idem) in zip(ids, items, strict=True)
+    )
+    return f"[{doc}]"
 
 
 def _run(row: Any, steps: tuple[StepRun, ...] | None = None) -> Run:
@@ -76,21 +63,15 @@ async def trigger_many(
     """
     definition, workflow_id = await wf.get(conn, tenant, workflow, version, with_versions=False)
     ids = [str(uuid.uuid4()) for _ in items]
-    doc = ",".join(
-        f'{{"id":"{rid}","input":{{"v":{input_json}}},"idem":{json.dumps(idem)}}}'
-        for rid, (input_json, idem) in zip(ids, items, strict=True)
-    )
     created = {
         r.id
         for r in await conn.execute(
-            Q.CREATE_RUNS,
+            QR.CREATE_RUNS,
             {
                 "tenant": tenant,
                 "workflow_id": workflow_id,
                 "name": workflow,
-                "version": definition.version,
-                "runs": f"[{doc}]",
-                "steps": _steps_doc(definition.definition),
+                "runs": _runs_doc(ids, items),
                 "now": now,
             },
         )
@@ -99,7 +80,7 @@ async def trigger_many(
     missing = [idem for rid, (_, idem) in zip(ids, items, strict=True) if rid not in created]
     if missing:
         rows = await conn.execute(
-            Q.RUNS_BY_IDEMPOTENCY_KEYS, {"tenant": tenant, "name": workflow, "keys": missing}
+            QR.RUNS_BY_IDEMPOTENCY_KEYS, {"tenant": tenant, "name": workflow, "keys": missing}
         )
         existing = {r.idempotency_key: r.id for r in rows}
     result: list[tuple[str, bool]] = []
@@ -129,25 +110,76 @@ async def trigger(
     effects: Effects,
     now: datetime | None = None,
 ) -> tuple[Run, bool]:
-    """Create one run (and its step runs). Returns (run, created)."""
-    if idempotency_key is not None:
-        rows = await conn.execute(
-            Q.RUNS_BY_IDEMPOTENCY_KEYS,
-            {"tenant": tenant, "name": workflow, "keys": [idempotency_key]},
+    """Create one run and its step runs in one statement (the version's lookup and the
+    wake-up of the long-polls included; ``QR.CREATE_RUN``). Returns (run, created): a taken
+    idempotency key gives the run it was first used for, ``created=False``."""
+    run_id = str(uuid.uuid4())
+    rows = list(
+        await conn.execute(
+            QR.CREATE_RUN,
+            {
+                "tenant": tenant,
+                "name": workflow,
+                "version": version,
+                "id": run_id,
+                "input": f'{{"v":{input_json}}}',
+                "idem": idempotency_key,
+                "now": now,
+            },
         )
-        existing = rows.first()
+    )
+    if rows and rows[0]["id"] is not None:
+        steps = tuple(_new_step(r) for r in rows if r["step_run_id"] is not None)
+        effects.step_statuses["queued"] += sum(1 for st in steps if st.status == "queued")
+        head = rows[0]
+        run = Run(
+            id=run_id,
+            workflow=workflow,
+            version=head["version"],
+            status="queued",
+            input=head["input"],
+            idempotency_key=idempotency_key,
+            error=None,
+            created_at=head["created_at"],
+            started_at=None,
+            finished_at=None,
+            steps=steps,
+        )
+        return run, True
+    if idempotency_key is not None:
+        existing = (
+            await conn.execute(
+                QR.RUNS_BY_IDEMPOTENCY_KEYS,
+                {"tenant": tenant, "name": workflow, "keys": [idempotency_key]},
+            )
+        ).first()
         if existing is not None:
             return await get(conn, tenant, existing.id), False
-    _, [(run_id, created)] = await trigger_many(
-        conn,
-        tenant,
-        workflow,
-        [(input_json, idempotency_key)],
-        version=version,
-        effects=effects,
-        now=now,
+    if not rows:
+        what = f"workflow {workflow!r}" + ("" if version is None else f" version {version}")
+        raise NotFound(f"{what} is not registered")
+    raise InvalidState(f"run for idempotency key {idempotency_key!r} vanished; retry")
+
+
+def _new_step(row: Any) -> StepRun:
+    """A step run as ``CREATE_RUN`` made it: not attempted yet."""
+    return StepRun(
+        step_run_id=row["step_run_id"],
+        name=row["step_name"],
+        action=row["action"],
+        status=row["status"],
+        attempt=0,
+        max_attempts=row["max_attempts"],
+        delivery=row["delivery"],
+        is_on_failure=row["is_on_failure"],
+        parents=tuple(row["parents"]),
+        output=None,
+        error=None,
+        queued_at=row["queued_at"],
+        started_at=None,
+        finished_at=None,
+        cancel_requested=False,
     )
-    return await get(conn, tenant, run_id), created
 
 
 async def get(conn: Conn, tenant: str, run_id: str) -> Run:

@@ -17,7 +17,11 @@ async def test_long_poll_wakes_when_work_is_queued(slow_recheck_api: Api) -> Non
         await asyncio.sleep(0.3)
         await api.trigger("wake")
 
-    poll, _ = await asyncio.gather(api.poll(w, wait_s=20), trigger_soon())
+    # Not woken, a poll answers after its wait (30 s at most here; its last claim finds the
+    # task): give up well before.
+    poll, _ = await asyncio.wait_for(
+        asyncio.gather(api.poll(w, wait_s=60), trigger_soon()), timeout=15
+    )
     assert [t["step"] for t in poll] == ["a"]
 
     # A child queued by its parent's completion wakes a waiting poll too.
@@ -26,7 +30,9 @@ async def test_long_poll_wakes_when_work_is_queued(slow_recheck_api: Api) -> Non
         await api.complete(poll[0], 1)
 
     w2 = await api.worker(["wake.b"])
-    nxt, _ = await asyncio.gather(api.poll(w2, wait_s=20), complete_soon())
+    nxt, _ = await asyncio.wait_for(
+        asyncio.gather(api.poll(w2, wait_s=60), complete_soon()), timeout=15
+    )
     assert [t["step"] for t in nxt] == ["b"]
 
 
