@@ -156,8 +156,7 @@ async def trigger(
         if existing is not None:
             return await get(conn, tenant, existing.id), False
     if not rows:
-        what = f"workflow {workflow!r}" + ("" if version is None else f" version {version}")
-        raise NotFound(f"{what} is not registered")
+        raise wf.not_registered(workflow, version)
     raise InvalidState(f"run for idempotency key {idempotency_key!r} vanished; retry")
 
 

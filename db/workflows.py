@@ -68,13 +68,18 @@ async def get(
             )
         ).first()
     if row is None:
-        what = f"workflow {name!r}" + ("" if version is None else f" version {version}")
-        raise NotFound(f"{what} is not registered")
+        raise not_registered(name, version)
     versions: tuple[int, ...] = ()
     if with_versions:
         rows = await conn.execute(R.WORKFLOW_VERSIONS, {"tenant": tenant, "name": name})
         versions = tuple(v for (v,) in rows)
     return _workflow(row, versions), int(row.id)
+
+
+def not_registered(name: str, version: int | None) -> NotFound:
+    """The 404 of a workflow (or one version of it) that is not registered."""
+    what = f"workflow {name!r}" + ("" if version is None else f" version {version}")
+    return NotFound(f"{what} is not registered")
 
 
 async def list_latest(conn: Conn, tenant: str) -> list[Workflow]:
