@@ -46,7 +46,8 @@ _INSERT_RUNS = """r AS (
          gen_random_uuid(), {NOW}
   FROM x CROSS JOIN wf
   ON CONFLICT (tenant_id, workflow_name, idempotency_key) DO NOTHING
-  RETURNING id, tenant_id, input, created_at
+  RETURNING id, tenant_id, workflow_name, version, status, input, idempotency_key, error,
+    created_at, started_at, finished_at
 )"""
 
 _INSERT_STEPS = """s AS (
@@ -76,7 +77,8 @@ SELECT r.id::text AS id, (SELECT count(*) FROM s) AS steps FROM r
 
 # One run of the latest version (or ``:version``), in one round trip: the lookup, the run, its
 # step runs, the wake-up of the long-polls for its queued steps (sent at commit), and what the
-# answer shows of the new run, one row per step run in order. No row: no such workflow version.
+# answer shows of the new run (its columns as ``db.runs._run`` reads them), one row per step run
+# in order. No row: no such workflow version.
 # A row with a NULL ``id``: the idempotency key is taken (nothing was created).
 CREATE_RUN = q(f"""
 WITH wf AS (
@@ -94,9 +96,10 @@ WITH wf AS (
   SELECT count(pg_notify('cairn_queue', r.tenant_id::text || ':' || a.action)) AS n
   FROM r CROSS JOIN (SELECT DISTINCT action FROM s WHERE status = 'queued') a
 )
-SELECT wf.version, r.id::text AS id, r.input, r.created_at, (SELECT n FROM woken) AS woken,
-  s.id::text AS step_run_id, s.step_name, s.action, s.status, s.max_attempts, s.delivery,
-  s.is_on_failure, s.parents, s.queued_at
+SELECT r.id::text AS id, r.workflow_name, r.version, r.status, r.input, r.idempotency_key,
+  r.error, r.created_at, r.started_at, r.finished_at, (SELECT n FROM woken) AS woken,
+  s.id::text AS step_run_id, s.step_name, s.action, s.status AS step_status, s.max_attempts,
+  s.delivery, s.is_on_failure, s.parents, s.queued_at
 FROM wf LEFT JOIN r ON true LEFT JOIN s ON true
 ORDER BY s.position
 """)

@@ -131,21 +131,7 @@ async def trigger(
     if rows and rows[0]["id"] is not None:
         steps = tuple(_new_step(r) for r in rows if r["step_run_id"] is not None)
         effects.step_statuses["queued"] += sum(1 for st in steps if st.status == "queued")
-        head = rows[0]
-        run = Run(
-            id=run_id,
-            workflow=workflow,
-            version=head["version"],
-            status="queued",
-            input=head["input"],
-            idempotency_key=idempotency_key,
-            error=None,
-            created_at=head["created_at"],
-            started_at=None,
-            finished_at=None,
-            steps=steps,
-        )
-        return run, True
+        return _run(rows[0], steps), True
     if idempotency_key is not None:
         existing = (
             await conn.execute(
@@ -166,7 +152,7 @@ def _new_step(row: Any) -> StepRun:
         step_run_id=row["step_run_id"],
         name=row["step_name"],
         action=row["action"],
-        status=row["status"],
+        status=row["step_status"],
         attempt=0,
         max_attempts=row["max_attempts"],
         delivery=row["delivery"],
