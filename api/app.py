@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reaper_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper_task
+            await svc.triggers.close()
             await notifier.stop()
             await db.dispose()
             if embedded is not None:

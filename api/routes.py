@@ -94,20 +94,11 @@ async def trigger_run(
 ) -> RunOut:
     """Start a run. The same idempotency key again returns the same run (200), never a second."""
     input_json = payloads.dump(body.input, field="input", limit=svc.settings.max_payload_bytes)
-
-    async def work(conn: Conn, effects: Effects) -> tuple[Any, bool]:
-        return await run_db.trigger(
-            conn,
-            tenant,
-            name,
-            input_json,
-            idempotency_key=body.idempotency_key,
-            version=body.version,
-            effects=effects,
-        )
-
-    # One statement (db/runs.py trigger): no transaction block around it.
-    run, created = await svc.statement(work)
+    # One statement (db/runs.py trigger_batch), shared with the triggers of the same version
+    # that arrive meanwhile (api/triggers.py); no transaction block around it.
+    run, created = await svc.triggers.trigger(
+        tenant, name, input_json, idempotency_key=body.idempotency_key, version=body.version
+    )
     response.status_code = 201 if created else 200
     return run_out(run)
 

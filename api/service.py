@@ -11,6 +11,7 @@ from fastapi import Request
 from api.metrics import Metrics
 from api.notifier import Notifier
 from api.settings import Settings
+from api.triggers import TriggerBatcher
 from db import transitions
 from db.claim_floors import ClaimFloors
 from db.engine import Database
@@ -18,6 +19,9 @@ from db.pg import Conn
 from db.types import Effects
 
 T = TypeVar("T")
+
+TRIGGER_BATCH = 100  # single triggers per statement, at most
+TRIGGER_STATEMENTS_IN_FLIGHT = 4  # trigger statements running at once; the rest wait to batch
 
 
 class Service:
@@ -31,6 +35,12 @@ class Service:
         # Where each action's next claim starts reading (db/claim_floors.py).
         self.claim_floors = ClaimFloors(rescan_s=settings.claim_floor_rescan_s)
         self._worker_actions: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        # Single triggers arriving together share a statement (api/triggers.py).
+        self.triggers = TriggerBatcher(
+            self.statement,
+            max_batch=min(TRIGGER_BATCH, settings.max_batch),
+            max_in_flight=TRIGGER_STATEMENTS_IN_FLIGHT,
+        )
 
     async def tx(self, fn: Callable[[Conn, Effects], Awaitable[T]]) -> T:
         """One transaction; its wake-ups are sent inside it and its metrics after commit."""

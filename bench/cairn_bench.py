@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from dataclasses import dataclass
@@ -233,6 +234,24 @@ class CairnBench:
         result = await self.span(workflow)
         result.update(trigger_path=trig.path, trigger_per_s=round(trig.per_s, 1))
         return result
+
+    async def single_triggers(self, count: int, connections: int) -> dict[str, Any]:
+        """``count`` single ``POST .../runs`` from ``connections`` clients at once, no worker
+        running: triggers/s, and CPU per trigger of the server, Postgres and this client. The
+        runs stay queued: ``reset`` before a phase that runs workers."""
+        bodies = [json.dumps({"input": {"k": k}}).encode() for k in range(count)]
+        path = "/api/v1/workflows/bench_noop/runs"
+        t0 = time.time()
+        seconds, codes = await trigger.post_concurrently(self.server.url, path, bodies, connections)
+        cpu = await self.sampler.cpu_per_job_after(t0, t0 + seconds, count)
+        return {
+            "count": count,
+            "connections": connections,
+            "seconds": round(seconds, 3),
+            "triggers_per_s": round(count / seconds, 1) if seconds > 0 else None,
+            "statuses": {str(k): v for k, v in sorted(codes.items())},
+            "cpu_per_trigger": cpu,
+        }
 
     async def latency(self, rates: dict[str, float]) -> dict[str, Any]:
         """Steady open-loop triggering at each rate; trigger accepted → step start on a worker."""

@@ -174,6 +174,25 @@ def _cairn_details(cairn: dict[str, Any]) -> str:
             if "error" not in d
             else [f"dag {key}", "n/a", d["error"][:60], "", "", ""]
         )
+    single = cairn.get("single_trigger") or {}
+    if single.get("triggers_per_s"):
+        c = single.get("cpu_per_trigger") or {}
+        cpu = (
+            f"CPU us/trigger db+srv+client {c['postgres_us']:.0f}+{c['server_us']:.0f}"
+            f"+{c['bench_us']:.0f}"
+            if c
+            else ""
+        )
+        rows.append(
+            [
+                f"single POST trigger ({single['connections']} clients)",
+                _num(single["triggers_per_s"]),
+                cpu,
+                "",
+                "",
+                "",
+            ]
+        )
     for label, d in (_get(cairn, "latency") or {}).items():
         if not isinstance(d, dict) or "dispatch" not in d:
             continue

@@ -73,6 +73,13 @@ def dag_runs(args: argparse.Namespace) -> int:
     return min(max(int(args.runs) // 10, 100), 1_000)
 
 
+SINGLE_TRIGGER_CONNECTIONS = 32
+
+
+def single_trigger_count(args: argparse.Namespace) -> int:
+    return min(max(int(args.runs) // 4, 100), 5_000)
+
+
 def peer_systems(selected: set[str], slots: int) -> list[QueueSystem]:
     out: list[QueueSystem] = []
     if "floor" in selected:
@@ -112,6 +119,13 @@ async def run_cairn(
         try:
             print(f"  cairn drain: {out['drain'].get('runs_per_s')} runs/s", flush=True)
             await bench.reset()  # an empty database and a running server for the phases below
+            out["single_trigger"] = await _phase(
+                errors,
+                "single trigger",
+                bench.single_triggers(single_trigger_count(args), SINGLE_TRIGGER_CONNECTIONS),
+            )
+            print(f"  cairn single triggers: {out['single_trigger']}", flush=True)
+            await bench.reset()
             out["dag"] = {
                 "chain3": await _phase(errors, "dag chain3", bench.dag("bench_chain")),
                 "diamond": await _phase(errors, "dag diamond", bench.dag("bench_diamond")),

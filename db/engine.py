@@ -132,6 +132,19 @@ def translate(err: BaseException) -> BaseException:
     return err
 
 
+def refused(err: BaseException) -> bool:
+    """Postgres refused the statement for what it was asked (its work rolled back, the
+    connection fine, the same statement no likelier to pass again): bad data, a broken
+    constraint. Not a connection failure, a deadlock or a serialization failure."""
+    code = sqlstate(err)
+    return (
+        isinstance(err, asyncpg.PostgresError)
+        and code is not None
+        and code not in RETRYABLE_SQLSTATES
+        and not code.startswith(CONNECTION_SQLSTATE_PREFIXES)
+    )
+
+
 def asyncpg_dsn(url: str) -> str:
     """A libpq-style URL asyncpg accepts, from any postgres URL."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)

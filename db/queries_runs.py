@@ -8,6 +8,8 @@ run's step runs are made one way whichever endpoint made it.
 
 from __future__ import annotations
 
+from sqlalchemy import TextClause
+
 from db.queries import q
 
 # The version's steps from its stored (normalised) definition: the steps in order, then the
@@ -75,34 +77,43 @@ WITH wf AS (
 SELECT r.id::text AS id, (SELECT count(*) FROM s) AS steps FROM r
 """)
 
-# One run of the latest version (or ``:version``), in one round trip: the lookup, the run, its
-# step runs, the wake-up of the long-polls for its queued steps (sent at commit), and what the
-# answer shows of the new run (its columns as ``db.runs._run`` reads them), one row per step run
-# in order. No row: no such workflow version.
-# A row with a NULL ``id``: the idempotency key is taken (nothing was created).
-CREATE_RUN = q(f"""
+
+def _create_run(runs: str) -> TextClause:
+    """Runs of the latest version (or ``:version``) made from ``runs`` (``_ONE`` or ``_MANY``),
+    in one round trip: the lookup, the runs, their step runs, the wake-up of the long-polls for
+    their queued steps (sent at commit), and what the answers show of the new runs (their
+    columns as ``db.runs._run`` reads them), one row per step run, by run and step position.
+    No row: no such workflow version. A row with a NULL ``id``: no run was created (each one's
+    idempotency key was taken)."""
+    steps = _INSERT_STEPS.replace(
+        "{RETURNING}",
+        "id, run_id, tenant_id, step_name, action, status, max_attempts, delivery,"
+        " is_on_failure, parents, queued_at, position",
+    )
+    return q(f"""
 WITH wf AS (
   SELECT id, version, definition FROM workflows
   WHERE tenant_id = :tenant AND name = :name
     AND (CAST(:version AS integer) IS NULL OR version = CAST(:version AS integer))
   ORDER BY version DESC LIMIT 1
-), {_STEP_DEFS}, {_ONE}, {_INSERT_RUNS}, {
-    _INSERT_STEPS.replace(
-        "{RETURNING}",
-        "id, step_name, action, status, max_attempts, delivery, is_on_failure, parents, queued_at,"
-        " position",
-    )
-}, woken AS (
-  SELECT count(pg_notify('cairn_queue', r.tenant_id::text || ':' || a.action)) AS n
-  FROM r CROSS JOIN (SELECT DISTINCT action FROM s WHERE status = 'queued') a
+), {_STEP_DEFS}, {runs}, {_INSERT_RUNS}, {steps}, woken AS (
+  SELECT count(pg_notify('cairn_queue', a.tenant_id::text || ':' || a.action)) AS n
+  FROM (SELECT DISTINCT tenant_id, action FROM s WHERE status = 'queued') a
 )
 SELECT r.id::text AS id, r.workflow_name, r.version, r.status, r.input, r.idempotency_key,
   r.error, r.created_at, r.started_at, r.finished_at, (SELECT n FROM woken) AS woken,
   s.id::text AS step_run_id, s.step_name, s.action, s.status AS step_status, s.max_attempts,
   s.delivery, s.is_on_failure, s.parents, s.queued_at
-FROM wf LEFT JOIN r ON true LEFT JOIN s ON true
-ORDER BY s.position
+FROM wf LEFT JOIN r ON true LEFT JOIN s ON s.run_id = r.id
+ORDER BY r.id, s.position
 """)
+
+
+# One run (a single trigger): its own parameters, so the planner expects one row.
+CREATE_RUN = _create_run(_ONE)
+# Several runs of one version at once (concurrent single triggers: ``api/triggers.py``), from
+# ``:runs`` as ``CREATE_RUNS`` takes it.
+CREATE_RUN_BATCH = _create_run(_MANY)
 
 RUNS_BY_IDEMPOTENCY_KEYS = q("""
 SELECT idempotency_key, id::text AS id FROM runs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from db import queries_reads as R
 from db import queries_runs as QR
 from db import transitions
 from db import workflows as wf
+from db.engine import refused, translate
 from db.errors import InvalidPayload, InvalidState, NotFound
 from db.models import RUN_ATTENTION
 from db.pg import Conn
@@ -110,40 +112,98 @@ async def trigger(
     effects: Effects,
     now: datetime | None = None,
 ) -> tuple[Run, bool]:
-    """Create one run and its step runs in one statement (the version's lookup and the
-    wake-up of the long-polls included; ``QR.CREATE_RUN``). Returns (run, created): a taken
-    idempotency key gives the run it was first used for, ``created=False``."""
-    run_id = str(uuid.uuid4())
-    rows = list(
-        await conn.execute(
-            QR.CREATE_RUN,
-            {
-                "tenant": tenant,
-                "name": workflow,
-                "version": version,
-                "id": run_id,
-                "input": f'{{"v":{input_json}}}',
-                "idem": idempotency_key,
-                "now": now,
-            },
-        )
+    """Create one run and its step runs in one statement (``trigger_batch`` of one). Returns
+    (run, created): a taken idempotency key gives the run it was first used for,
+    ``created=False``."""
+    (result,) = await trigger_batch(
+        conn,
+        tenant,
+        workflow,
+        [(input_json, idempotency_key)],
+        version=version,
+        effects=effects,
+        now=now,
     )
-    if rows and rows[0]["id"] is not None:
-        steps = tuple(_new_step(r) for r in rows if r["step_run_id"] is not None)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+async def trigger_batch(
+    conn: Conn,
+    tenant: str,
+    workflow: str,
+    items: Sequence[tuple[str, str | None]],
+    *,
+    version: int | None,
+    effects: Effects,
+    now: datetime | None = None,
+) -> list[tuple[Run, bool] | Exception]:
+    """Create one run per item ``(input_json, idempotency_key)`` of the latest version (or
+    ``version``), all in one statement with the version's lookup and the wake-up of the
+    long-polls (``QR.CREATE_RUN`` for one item, ``QR.CREATE_RUN_BATCH`` for more).
+
+    Per item, in order: (run, created), where a taken idempotency key (taken before, or by an
+    earlier item of the same batch) gives the run it was first used for, ``created=False``;
+    or the error for that item alone: ``NotFound`` when the workflow version is not registered
+    (and the item's key names no run), ``InvalidState`` when the run its key names no longer
+    exists, or what Postgres refused in it (the batch is then made one item at a time, so the
+    others are created). Raises what fails the whole statement (nothing is created then)."""
+    ids = [str(uuid.uuid4()) for _ in items]
+    params: dict[str, Any] = {"tenant": tenant, "name": workflow, "version": version, "now": now}
+    if len(items) == 1:
+        statement = QR.CREATE_RUN
+        params.update(id=ids[0], input=f'{{"v":{items[0][0]}}}', idem=items[0][1])
+    else:
+        statement = QR.CREATE_RUN_BATCH
+        params["runs"] = _runs_doc(ids, list(items))
+    try:
+        rows = list(await conn.execute(statement, params))
+    except Exception as err:
+        if len(items) == 1 or not refused(err):
+            raise
+        # Refused as a whole (nothing was created): each item alone, so that only the one at
+        # fault gets the error.
+        out: list[tuple[Run, bool] | Exception] = []
+        for item in items:
+            try:
+                out += await trigger_batch(
+                    conn, tenant, workflow, [item], version=version, effects=effects, now=now
+                )
+            except Exception as one:
+                if not refused(one):
+                    raise
+                mapped = translate(one)
+                out.append(mapped if isinstance(mapped, Exception) else one)
+        return out
+    by_run: dict[str, list[Any]] = {}
+    for row in rows:
+        if row["id"] is not None:
+            by_run.setdefault(row["id"], []).append(row)
+    created: dict[str, Run] = {}
+    for run_id, run_rows in by_run.items():
+        steps = tuple(_new_step(r) for r in run_rows if r["step_run_id"] is not None)
         effects.step_statuses["queued"] += sum(1 for st in steps if st.status == "queued")
-        return _run(rows[0], steps), True
-    if idempotency_key is not None:
-        existing = (
-            await conn.execute(
-                QR.RUNS_BY_IDEMPOTENCY_KEYS,
-                {"tenant": tenant, "name": workflow, "keys": [idempotency_key]},
-            )
-        ).first()
-        if existing is not None:
-            return await get(conn, tenant, existing.id), False
-    if not rows:
-        raise wf.not_registered(workflow, version)
-    raise InvalidState(f"run for idempotency key {idempotency_key!r} vanished; retry")
+        created[run_id] = _run(run_rows[0], steps)
+    taken = {idem for rid, (_, idem) in zip(ids, items, strict=True) if rid not in created and idem}
+    existing: dict[str, Run] = {}
+    if taken:
+        found = await conn.execute(
+            QR.RUNS_BY_IDEMPOTENCY_KEYS, {"tenant": tenant, "name": workflow, "keys": sorted(taken)}
+        )
+        for row in found:
+            existing[row.idempotency_key] = await get(conn, tenant, row.id)
+    answers: list[tuple[Run, bool] | Exception] = []
+    for run_id, (_, idem) in zip(ids, items, strict=True):
+        if run_id in created:
+            answers.append((created[run_id], True))
+        elif idem is not None and idem in existing:
+            answers.append((existing[idem], False))  # the key decides, whatever the version
+        elif not rows:
+            answers.append(wf.not_registered(workflow, version))
+        else:
+            answers.append(InvalidState(f"run for idempotency key {idem!r} vanished; retry"))
+    return answers
 
 
 def _new_step(row: Any) -> StepRun:
