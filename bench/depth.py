@@ -2,9 +2,12 @@
 ``--depth-claimed`` step runs claimed since the last VACUUM.
 
 The backlog is written straight into Cairn's tables with ``INSERT ... SELECT generate_series``
-shaped like ``db.queries_runs.CREATE_RUNS`` (a run row plus its queued root step run), then ANALYZE;
+shaped like ``db.queries_runs.CREATE_RUNS`` (a run row plus its queued root step run), then
+``VACUUM (ANALYZE)`` and ``CHECKPOINT`` (``bench.pg.settle``: each size is sampled on a settled
+table, not during the bulk load's autovacuum and checkpoint);
 each sample is one ``POST /workers/{id}/poll`` with ``max_tasks=1, wait_s=0`` timed on the
 client, and the claimed step run is completed (untimed) so the worker never runs out of slots.
+Each size has its own database and server, and the sizes are sampled in interleaved rounds.
 
 Claimed since the last VACUUM: the oldest ``--depth-claimed`` queued step runs are finished in
 one statement with autovacuum off for the table, which leaves their dead entries at the head of
@@ -24,7 +27,7 @@ import httpx
 
 from bench import procs
 from bench.cairn_server import CairnServer
-from bench.pg import Pg, analyze
+from bench.pg import Pg, analyze, settle
 
 DATABASE = "bench_depth"
 TENANT = "00000000-0000-0000-0000-000000000001"
@@ -32,6 +35,7 @@ WORKFLOW = "bench_depth"
 # Queued far longer than the default 300 s schedule timeout would allow: keep the reaper out.
 DEFINITION = {"steps": [{"name": "noop", "schedule_timeout_s": 86400}]}
 CHUNK = 100_000
+ROUNDS = 10  # the sizes' claims are timed in this many interleaved rounds
 
 BACKLOG = """
 WITH r AS (
@@ -53,9 +57,9 @@ FROM r
 """
 
 
-async def _insert(pg: Pg, wf: dict[str, Any], count: int) -> None:
+async def _insert(pg: Pg, database: str, wf: dict[str, Any], count: int) -> None:
     step = wf["definition"]["steps"][0]
-    conn = await pg.connect(DATABASE)
+    conn = await pg.connect(database)
     try:
         done = 0
         while done < count:
@@ -80,8 +84,8 @@ async def _insert(pg: Pg, wf: dict[str, Any], count: int) -> None:
         await conn.close()
 
 
-async def _workflow(pg: Pg) -> dict[str, Any]:
-    conn = await pg.connect(DATABASE)
+async def _workflow(pg: Pg, database: str) -> dict[str, Any]:
+    conn = await pg.connect(database)
     try:
         row = await conn.fetchrow(
             "SELECT id, version, definition::text AS d FROM workflows WHERE name = $1"
@@ -94,8 +98,8 @@ async def _workflow(pg: Pg) -> dict[str, Any]:
     return {"id": row["id"], "version": row["version"], "definition": json.loads(row["d"])}
 
 
-async def _queued(pg: Pg) -> int:
-    conn = await pg.connect(DATABASE)
+async def _queued(pg: Pg, database: str) -> int:
+    conn = await pg.connect(database)
     try:
         return int(await conn.fetchval("SELECT count(*) FROM step_runs WHERE status = 'queued'"))
     finally:
@@ -103,6 +107,7 @@ async def _queued(pg: Pg) -> int:
 
 
 def _sample(http: httpx.Client, worker_id: str, samples: int, warmup: int = 10) -> list[float]:
+    """``samples`` claims timed (after ``warmup`` untimed ones), each completed untimed."""
     out: list[float] = []
     for i in range(samples + warmup):
         t = time.perf_counter()
@@ -130,9 +135,9 @@ WHERE id IN (SELECT id FROM step_runs WHERE status = 'queued'
 """
 
 
-async def _finish_oldest(pg: Pg, count: int) -> float:
+async def _finish_oldest(pg: Pg, database: str, count: int) -> float:
     """Finish the oldest ``count`` queued step runs, autovacuum off: their dead entries stay."""
-    conn = await pg.connect(DATABASE)
+    conn = await pg.connect(database)
     try:
         await conn.execute("ALTER TABLE step_runs SET (autovacuum_enabled = false)")
         t = time.perf_counter()
@@ -142,8 +147,8 @@ async def _finish_oldest(pg: Pg, count: int) -> float:
         await conn.close()
 
 
-async def _autovacuum_back(pg: Pg) -> None:
-    conn = await pg.connect(DATABASE)
+async def _autovacuum_back(pg: Pg, database: str) -> None:
+    conn = await pg.connect(database)
     try:
         await conn.execute("ALTER TABLE step_runs RESET (autovacuum_enabled)")
     finally:
@@ -153,8 +158,8 @@ async def _autovacuum_back(pg: Pg) -> None:
 async def _claimed_before(
     pg: Pg, server: CairnServer, worker_id: str, claimed: int, samples: int
 ) -> dict[str, Any]:
-    seconds = await _finish_oldest(pg, claimed)
-    await analyze(pg, DATABASE)
+    seconds = await _finish_oldest(pg, server.database, claimed)
+    await analyze(pg, server.database)
     out: dict[str, Any] = {"claimed": claimed, "finish_s": round(seconds, 1)}
     try:
         for label, env in (("floors", {}), ("from_start", {"CAIRN_CLAIM_FLOOR_RESCAN_S": "0"})):
@@ -171,8 +176,43 @@ async def _claimed_before(
             )
     finally:
         server.env = {}
-        await _autovacuum_back(pg)
+        await _autovacuum_back(pg, server.database)
     return out
+
+
+class _Depth:
+    """One backlog size: its own database, server and registered worker."""
+
+    def __init__(self, pg: Pg, size: int, workdir: Path, server_workers: int) -> None:
+        self.pg = pg
+        self.size = size
+        self.database = f"{DATABASE}_{size}"
+        self.server = CairnServer(pg, self.database, workdir, server_workers=server_workers)
+        self.worker_id = ""
+        self.stats: dict[str, Any] = {}
+        self.samples: list[float] = []
+
+    async def fill(self) -> None:
+        await self.pg.create_database(self.database)
+        self.server.start()
+        with httpx.Client(base_url=self.server.url, timeout=60.0) as http:
+            http.put(f"/api/v1/workflows/{WORKFLOW}", json=DEFINITION).raise_for_status()
+            wf = await _workflow(self.pg, self.database)
+            action = wf["definition"]["steps"][0]["action"]
+            reg = http.post(
+                "/api/v1/workers", json={"name": "bench-depth", "actions": [action], "slots": 1}
+            )
+            reg.raise_for_status()
+            self.worker_id = reg.json()["id"]
+        t = time.perf_counter()
+        await _insert(self.pg, self.database, wf, self.size)
+        insert_s = time.perf_counter() - t
+        await settle(self.pg, self.database, ("runs", "step_runs"))
+        self.stats = {
+            "inserted": self.size,
+            "insert_per_s": round(self.size / insert_s, 0) if insert_s > 0 else None,
+        }
+        print(f"  depth {self.size:>9,}: backlog inserted in {insert_s:.1f}s", flush=True)
 
 
 async def run_depth(
@@ -183,43 +223,35 @@ async def run_depth(
     server_workers: int = 1,
     claimed: int = 0,
 ) -> dict[str, Any]:
-    await pg.create_database(DATABASE)
-    server = CairnServer(pg, DATABASE, workdir, server_workers=server_workers)
-    server.start()
-    results: dict[str, Any] = {"samples": samples, "sizes": {}}
+    """Claim latency at each backlog size, the sizes' samples taken in interleaved rounds (each
+    round times ``samples / ROUNDS`` claims at every size), so that the machine's speed, which
+    drifts over seconds on these shared cores, moves every size's figure alike; then claims
+    behind ``claimed`` finished step runs, on the largest backlog."""
+    depths = [_Depth(pg, size, workdir, server_workers) for size in sorted(sizes)]
+    results: dict[str, Any] = {"samples": samples, "rounds": ROUNDS, "sizes": {}}
     try:
-        with httpx.Client(base_url=server.url, timeout=60.0) as http:
-            http.put(f"/api/v1/workflows/{WORKFLOW}", json=DEFINITION).raise_for_status()
-            wf = await _workflow(pg)
-            action = wf["definition"]["steps"][0]["action"]
-            reg = http.post(
-                "/api/v1/workers", json={"name": "bench-depth", "actions": [action], "slots": 1}
+        for d in depths:
+            await d.fill()
+        per_round = max(samples // ROUNDS, 1)
+        for _ in range(ROUNDS):
+            for d in depths:
+                with httpx.Client(base_url=d.server.url, timeout=60.0) as http:
+                    http.post(f"/api/v1/workers/{d.worker_id}/heartbeat", json={"step_run_ids": []})
+                    d.samples += _sample(http, d.worker_id, per_round, warmup=2)
+        for d in depths:
+            stats = {**procs.summary_ms(d.samples), **d.stats}
+            results["sizes"][str(d.size)] = stats
+            print(
+                f"  depth {d.size:>9,}: claim p50 {stats['p50_ms']} ms, p95 {stats['p95_ms']} ms",
+                flush=True,
             )
-            reg.raise_for_status()
-            worker_id = reg.json()["id"]
-            for size in sorted(sizes):
-                missing = size - await _queued(pg)
-                t = time.perf_counter()
-                if missing > 0:
-                    await _insert(pg, wf, missing)
-                insert_s = time.perf_counter() - t
-                await analyze(pg, DATABASE)
-                http.post(f"/api/v1/workers/{worker_id}/heartbeat", json={"step_run_ids": []})
-                seconds = _sample(http, worker_id, samples)
-                stats = procs.summary_ms(seconds)
-                stats["inserted"] = max(missing, 0)
-                stats["insert_per_s"] = round(missing / insert_s, 0) if missing > 0 else None
-                results["sizes"][str(size)] = stats
-                print(
-                    f"  depth {size:>9,}: claim p50 {stats['p50_ms']} ms, "
-                    f"p95 {stats['p95_ms']} ms (backlog insert {insert_s:.1f}s)",
-                    flush=True,
-                )
+        deepest = depths[-1]
         if claimed > 0:
-            room = await _queued(pg) - 2 * (samples + 10) - 1
+            room = await _queued(pg, deepest.database) - 2 * (samples + 10) - 1
             results["claimed_before"] = await _claimed_before(
-                pg, server, worker_id, min(claimed, room), samples
+                pg, deepest.server, deepest.worker_id, min(claimed, room), samples
             )
     finally:
-        server.stop()
+        for d in depths:
+            d.server.stop()
     return results

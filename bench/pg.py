@@ -142,3 +142,15 @@ async def analyze(pg: Pg, database: str) -> None:
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
+
+
+async def settle(pg: Pg, database: str, tables: tuple[str, ...]) -> None:
+    """After a bulk load: VACUUM (ANALYZE) the tables and CHECKPOINT, so what follows measures
+    the table as it stands, not the load's aftermath (hint bits set on first read, an autovacuum
+    of the new rows and a checkpoint of their pages, all competing for the same 2 cores)."""
+    conn = await pg.connect(database)
+    try:
+        await conn.execute(f"VACUUM (ANALYZE) {', '.join(tables)}", timeout=900)
+        await conn.execute("CHECKPOINT", timeout=900)
+    finally:
+        await conn.close()

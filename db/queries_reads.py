@@ -38,27 +38,31 @@ FROM workflows WHERE tenant_id = :tenant ORDER BY name, version DESC
 
 # --- runs ---------------------------------------------------------------------------------------
 
-GET_RUN = q(
-    f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE runs.tenant_id = :tenant AND runs.id = :id"
-)
-
-RUN_STEPS = q("""
-SELECT id, step_name, action, status, attempt, max_attempts, delivery, is_on_failure, parents,
-       output, error, queued_at, started_at, finished_at, cancel_requested_at
-FROM step_runs WHERE run_id = :run ORDER BY position
-""")
-
-# Ended attempts are rows of step_attempts; the attempt in progress is the running step run's own
-# lease (its row is written when it ends).
-RUN_ATTEMPTS = q("""
-SELECT a.step_run_id, a.attempt, a.worker_id, a.lease_token, a.started_at, a.ended_at, a.outcome,
-       a.error
-FROM step_attempts a JOIN step_runs s ON s.id = a.step_run_id
-WHERE s.run_id = :run
-UNION ALL
-SELECT id, attempt, worker_id, lease_token, started_at, NULL, 'running', NULL
-FROM step_runs WHERE run_id = :run AND status = 'running'
-ORDER BY 1, 2
+# A run with its step runs and their attempts, in one statement (so from one snapshot): one row
+# per attempt of each step run (ended attempts are rows of step_attempts; the attempt in progress
+# is the running step run's own lease, its row written when it ends), or one row with NULL
+# attempt columns for a step run not attempted; by step position, then attempt. No row: no such
+# run for the tenant.
+GET_RUN = q(f"""
+SELECT {RUN_COLUMNS},
+  s.id::text AS step_run_id, s.step_name, s.action, s.status AS step_status,
+  s.attempt AS step_attempt, s.max_attempts, s.delivery, s.is_on_failure, s.parents,
+  s.output AS step_output, s.error AS step_error, s.queued_at, s.started_at AS step_started_at,
+  s.finished_at AS step_finished_at, s.cancel_requested_at,
+  a.attempt AS a_attempt, a.worker_id::text AS a_worker_id, a.lease_token::text AS a_lease_token,
+  a.started_at AS a_started_at, a.ended_at AS a_ended_at, a.outcome AS a_outcome,
+  a.error AS a_error
+FROM {RUN_FROM}
+LEFT JOIN step_runs s ON s.run_id = runs.id
+LEFT JOIN LATERAL (
+  SELECT e.attempt, e.worker_id, e.lease_token, e.started_at, e.ended_at, e.outcome, e.error
+  FROM step_attempts e WHERE e.step_run_id = s.id
+  UNION ALL
+  SELECT s.attempt, s.worker_id, s.lease_token, s.started_at, NULL, 'running', NULL
+  WHERE s.status = 'running'
+) a ON true
+WHERE runs.tenant_id = :tenant AND runs.id = :id
+ORDER BY s.position, a.attempt
 """)
 
 # --- metrics ------------------------------------------------------------------------------------

@@ -228,44 +228,51 @@ def _new_step(row: Any) -> StepRun:
 
 
 async def get(conn: Conn, tenant: str, run_id: str) -> Run:
-    row = (await conn.execute(R.GET_RUN, {"tenant": tenant, "id": run_id})).first()
-    if row is None:
+    """A run with its step runs and their attempts, read in one statement (one snapshot)."""
+    rows = list(await conn.execute(R.GET_RUN, {"tenant": tenant, "id": run_id}))
+    if not rows:
         raise NotFound(f"run {run_id} does not exist")
-    attempts: dict[str, list[Attempt]] = {}
-    for a in await conn.execute(R.RUN_ATTEMPTS, {"run": run_id}):
-        attempts.setdefault(str(a.step_run_id), []).append(
-            Attempt(
-                attempt=a.attempt,
-                worker_id=str(a.worker_id),
-                lease_token=str(a.lease_token),
-                started_at=a.started_at,
-                ended_at=a.ended_at,
-                outcome=a.outcome,
-                error=a.error,
+    steps: list[StepRun] = []
+    attempts: list[Attempt] = []
+    for i, row in enumerate(rows):
+        if row["step_run_id"] is None:
+            break  # a run without step runs (none is made so; read it all the same)
+        if row["a_attempt"] is not None:
+            attempts.append(
+                Attempt(
+                    attempt=row["a_attempt"],
+                    worker_id=row["a_worker_id"],
+                    lease_token=row["a_lease_token"],
+                    started_at=row["a_started_at"],
+                    ended_at=row["a_ended_at"],
+                    outcome=row["a_outcome"],
+                    error=row["a_error"],
+                )
+            )
+        if i + 1 < len(rows) and rows[i + 1]["step_run_id"] == row["step_run_id"]:
+            continue  # more attempts of this step run
+        steps.append(
+            StepRun(
+                step_run_id=row["step_run_id"],
+                name=row["step_name"],
+                action=row["action"],
+                status=row["step_status"],
+                attempt=row["step_attempt"],
+                max_attempts=row["max_attempts"],
+                delivery=row["delivery"],
+                is_on_failure=row["is_on_failure"],
+                parents=tuple(row["parents"]),
+                output=row["step_output"],
+                error=row["step_error"],
+                queued_at=row["queued_at"],
+                started_at=row["step_started_at"],
+                finished_at=row["step_finished_at"],
+                cancel_requested=row["cancel_requested_at"] is not None,
+                attempts=tuple(attempts),
             )
         )
-    steps = tuple(
-        StepRun(
-            step_run_id=str(s.id),
-            name=s.step_name,
-            action=s.action,
-            status=s.status,
-            attempt=s.attempt,
-            max_attempts=s.max_attempts,
-            delivery=s.delivery,
-            is_on_failure=s.is_on_failure,
-            parents=tuple(s.parents),
-            output=s.output,
-            error=s.error,
-            queued_at=s.queued_at,
-            started_at=s.started_at,
-            finished_at=s.finished_at,
-            cancel_requested=s.cancel_requested_at is not None,
-            attempts=tuple(attempts.get(str(s.id), ())),
-        )
-        for s in await conn.execute(R.RUN_STEPS, {"run": run_id})
-    )
-    return _run(row, steps)
+        attempts = []
+    return _run(rows[0], tuple(steps))
 
 
 def _encode_cursor(created_at: datetime, run_id: str) -> str:

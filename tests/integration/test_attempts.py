@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from db.check import run_checks
 from db.engine import alembic_config
 from tests.integration.conftest import Api
+from tests.integration.test_batches import count_statements
 
 
 async def attempt_rows(api: Api, step_run_id: str) -> list[tuple[Any, ...]]:
@@ -176,3 +177,40 @@ async def test_migration_0007_keeps_every_attempt_both_ways(api: Api) -> None:
     assert [r[1] for r in await attempt_rows(api, t1["step_run_id"])] == ["failed", "succeeded"]
     async with api.svc.db.connect() as conn:
         assert await run_checks(conn) == []
+
+
+async def test_a_run_reads_in_one_statement_with_every_step_and_attempt_in_order(
+    api: Api,
+) -> None:
+    """One statement, so one snapshot: the run, its step runs by position, each one's attempts
+    by number (ended ones, then the one in progress)."""
+    await api.register(
+        "read1",
+        [{"name": "a", "retries": 2}, {"name": "b", "parents": ["a"]}, {"name": "c"}],
+        on_failure={"name": "h"},
+    )
+    run = await api.trigger("read1", {"x": 1})
+    w = await api.worker(["read1.a", "read1.b", "read1.c"])
+    tasks = {t["step"]: t for t in await api.poll(w)}
+    await api.fail(tasks["a"])
+    await api.age(60)  # past the retry's backoff
+    [a2] = await api.poll(w)
+    await api.complete(a2, "A")
+    [b1] = await api.poll(w)  # b is running; c is still held from the first poll
+    with count_statements(api) as seen:
+        got = await api.run(run["id"])
+    assert len(seen) == 1, seen
+    steps = {s["name"]: s for s in got["steps"]}
+    assert [s["name"] for s in got["steps"]] == ["a", "b", "c", "h"]
+    assert [(x["attempt"], x["outcome"]) for x in steps["a"]["attempts"]] == [
+        (1, "failed"),
+        (2, "succeeded"),
+    ]
+    assert steps["a"]["output"] == "A" and steps["a"]["attempt"] == 2
+    assert [(x["attempt"], x["outcome"], x["lease_token"]) for x in steps["b"]["attempts"]] == [
+        (1, "running", b1["lease_token"])
+    ]
+    assert [x["outcome"] for x in steps["c"]["attempts"]] == ["running"]
+    assert steps["h"]["attempts"] == [] and steps["h"]["status"] == "pending"
+    assert got["status"] == "running" and got["input"] == {"x": 1}
+    await api.call("GET", f"/runs/{w}", 404)  # not a run
