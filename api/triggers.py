@@ -64,7 +64,8 @@ class TriggerBatcher:
         idempotency_key: str | None,
         version: int | None,
     ) -> tuple[Run, bool]:
-        """Create a run (``db.runs.trigger``'s contract), alone or in a batch."""
+        """Create a run (``db.runs.trigger_batch``'s contract for one item), alone or in a
+        batch; its error, if any, is raised."""
         item = _Pending(input_json, idempotency_key)
         self._pending.setdefault((tenant, workflow, version), deque()).append(item)
         if not self._scheduled:

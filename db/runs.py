@@ -101,34 +101,6 @@ async def trigger_many(
     return definition.version, result
 
 
-async def trigger(
-    conn: Conn,
-    tenant: str,
-    workflow: str,
-    input_json: str,
-    *,
-    idempotency_key: str | None,
-    version: int | None,
-    effects: Effects,
-    now: datetime | None = None,
-) -> tuple[Run, bool]:
-    """Create one run and its step runs in one statement (``trigger_batch`` of one). Returns
-    (run, created): a taken idempotency key gives the run it was first used for,
-    ``created=False``."""
-    (result,) = await trigger_batch(
-        conn,
-        tenant,
-        workflow,
-        [(input_json, idempotency_key)],
-        version=version,
-        effects=effects,
-        now=now,
-    )
-    if isinstance(result, Exception):
-        raise result
-    return result
-
-
 async def trigger_batch(
     conn: Conn,
     tenant: str,
