@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -161,38 +162,22 @@ class RssSampler:
         nothing is lost when one exits between two samples: Postgres is the postmaster's own and
         reaped time plus its live backends'; a process the bench started counts with what it
         reaped, and once the bench reaps it, the growth of the bench's reaped time is shared
-        among the kinds of its children that went away since the last sample.
+        among the kinds of its children that went away since the last sample. The listing of
+        live processes is retaken when a child was reaped while it was read (the reaped times
+        before and after differ), so a child is either still listed or already in the reaped
+        time, never neither nor both.
         """
         now = time.time()
         me = psutil.Process()
-        mine = me.cpu_times()
+        for _ in range(5):
+            before = _reaped_times(me, self.postmaster)
+            reading = self._read_processes(me)
+            if _reaped_times(me, self.postmaster) == before:
+                break
+        mine, postgres, live = reading
         totals = dict.fromkeys(CPU_GROUPS, 0.0)
         totals["bench"] = mine.user + mine.system
-        pg_pids: set[int] = set()
-        if self.postmaster is not None:
-            with contextlib.suppress(psutil.Error):
-                pm = psutil.Process(self.postmaster)
-                t = pm.cpu_times()
-                totals["postgres"] = t.user + t.system + t.children_user + t.children_system
-                for backend in pm.children():
-                    pg_pids.add(backend.pid)
-                    with contextlib.suppress(psutil.Error):
-                        b = backend.cpu_times()
-                        totals["postgres"] += b.user + b.system
-        live: dict[tuple[int, float], tuple[str, float, bool]] = {}
-        with contextlib.suppress(psutil.Error):
-            for proc in me.children(recursive=True):
-                if proc.pid in pg_pids or proc.pid == self.postmaster:
-                    continue
-                try:
-                    key = (proc.pid, proc.create_time())
-                    kind = self._kinds.get(key) or _kind(proc, me.pid)
-                    t = proc.cpu_times()
-                    direct = proc.ppid() == me.pid
-                except psutil.Error:
-                    continue
-                self._kinds[key] = kind
-                live[key] = (kind, t.user + t.system + t.children_user + t.children_system, direct)
+        totals["postgres"] = postgres
         reaped = mine.children_user + mine.children_system
         if self._reaped is not None:
             gone = [v for k, v in self._cpu_last.items() if k not in live and v[2]]
@@ -208,6 +193,40 @@ class RssSampler:
         for kind in ("server", "workers"):
             totals[kind] += self._gone[kind]
         self.cpu_series.append((now, totals))
+
+    def _read_processes(
+        self, me: psutil.Process
+    ) -> tuple[Any, float, dict[tuple[int, float], tuple[str, float, bool]]]:
+        """The bench's own times, Postgres's CPU seconds, and each live child's (kind,
+        cumulative CPU seconds, started directly by the bench)."""
+        mine = me.cpu_times()
+        postgres = 0.0
+        pg_pids: set[int] = set()
+        if self.postmaster is not None:
+            with contextlib.suppress(psutil.Error):
+                pm = psutil.Process(self.postmaster)
+                t = pm.cpu_times()
+                postgres = t.user + t.system + t.children_user + t.children_system
+                for backend in pm.children():
+                    pg_pids.add(backend.pid)
+                    with contextlib.suppress(psutil.Error):
+                        b = backend.cpu_times()
+                        postgres += b.user + b.system
+        live: dict[tuple[int, float], tuple[str, float, bool]] = {}
+        with contextlib.suppress(psutil.Error):
+            for proc in me.children(recursive=True):
+                if proc.pid in pg_pids or proc.pid == self.postmaster:
+                    continue
+                try:
+                    key = (proc.pid, proc.create_time())
+                    kind = self._kinds.get(key) or _kind(proc, me.pid)
+                    t = proc.cpu_times()
+                    direct = proc.ppid() == me.pid
+                except psutil.Error:
+                    continue
+                self._kinds[key] = kind
+                live[key] = (kind, t.user + t.system + t.children_user + t.children_system, direct)
+        return mine, postgres, live
 
     def cpu_between(self, t0: float, t1: float) -> dict[str, float] | None:
         """CPU seconds of each kind spent between two ``time.time()`` moments (``None`` when
@@ -244,6 +263,17 @@ class RssSampler:
         out["total_us"] = round(total * 1e6 / jobs, 1)
         out["cores_busy"] = round(total / (t1 - t0), 2)
         return out
+
+
+def _reaped_times(me: psutil.Process, postmaster: int | None) -> tuple[float, float]:
+    """The CPU seconds of the children the bench and the postmaster have reaped."""
+    mine = me.cpu_times()
+    pm = 0.0
+    if postmaster is not None:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(postmaster).cpu_times()
+            pm = t.children_user + t.children_system
+    return mine.children_user + mine.children_system, pm
 
 
 def _kind(proc: psutil.Process, bench_pid: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import time
@@ -67,3 +68,27 @@ def test_counts_each_kind_and_the_time_of_processes_gone_between_samples() -> No
     assert 0.45 <= spent["workers"] < 1.0
     assert 0.15 <= spent["server"] < 0.6
     assert 0.25 <= spent["postgres"] < 0.8
+
+
+def test_children_reaped_while_a_sample_is_read_are_counted_once() -> None:
+    # Many short workers reaped by this thread while the sampler reads every millisecond: a
+    # worker reaped between the reading of the reaped time and the listing of live processes
+    # must be neither lost nor counted twice. The kernel's own account of the reaped children
+    # (RUSAGE_CHILDREN) is the truth to match.
+    sampler = RssSampler(interval=0.001)
+    sampler.sample_cpu()
+    start = sampler.cpu_series[-1][0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sampler.start()
+    try:
+        for _ in range(40):
+            subprocess.run([sys.executable, "-c", BURN.format(s=0.03)], check=True)
+    finally:
+        sampler.close()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sampler.sample_cpu()
+    end = sampler.cpu_series[-1][0]
+    truth = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    spent = sampler.cpu_between(start, end)
+    assert spent is not None
+    assert spent["workers"] == pytest.approx(truth, abs=0.05)
