@@ -5,6 +5,7 @@ Each check is one query returning offending rows; an empty result means the inva
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -101,8 +102,16 @@ CHECKS: dict[str, str] = {
 async def run_checks(conn: Conn, *, slack_s: float = 30.0) -> list[Violation]:
     """All invariant violations found (empty when the database is consistent)."""
     found: list[Violation] = []
-    for name, sql in CHECKS.items():
-        rows = await conn.execute(text(sql), {"slack": slack_s})
-        for row in rows.all()[:100]:
-            found.append(Violation(name, " ".join(str(v) for v in row)))
+    # These read whole tables: sequential scans, which Cairn's connections leave off (db/pg.py).
+    await conn.execute(text("SET enable_seqscan = on"))
+    try:
+        for name, sql in CHECKS.items():
+            rows = await conn.execute(text(sql), {"slack": slack_s})
+            for row in rows.all()[:100]:
+                found.append(Violation(name, " ".join(str(v) for v in row)))
+    except BaseException:
+        with contextlib.suppress(Exception):  # a failed transaction rolls the SET back anyway
+            await conn.execute(text("RESET enable_seqscan"))
+        raise
+    await conn.execute(text("RESET enable_seqscan"))
     return found

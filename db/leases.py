@@ -192,7 +192,9 @@ async def heartbeat(
             {"ids": rest, "worker": worker_id, "tenant": tenant, "grace": grace_s, "now": now},
         )
         for r in rows:
-            if r.status == "cancelled" and r.worker_id == worker_id:
+            if r.held:
+                answers[r.id] = "held"
+            elif r.status == "cancelled" and r.worker_id == worker_id:
                 answers[r.id] = "cancelled"
                 if r.ignored:
                     effects.ignored_cancellations += 1

@@ -151,5 +151,10 @@ async def create_pool(dsn: str, *, max_size: int) -> asyncpg.Pool:
         # Every statement here is short: JIT compilation (on by default where Postgres is built
         # with LLVM) costs more than it saves, up to a second per execution when the planner's
         # row estimates of JSON set-returning functions push a plan over ``jit_above_cost``.
-        server_settings={"application_name": "cairn", "jit": "off"},
+        # And every statement reaches its rows through an index: a connection keeps its
+        # statements' plans (generic ones after five executions) until the tables' statistics
+        # change, and a plan made while a table was small reads it whole, kept as the queue grows
+        # until autovacuum next analyzes it (a claim's update scanned 70,000 step runs to find
+        # the 60 it claimed). Whole-table reads (``db/check.py``) turn sequential scans back on.
+        server_settings={"application_name": "cairn", "jit": "off", "enable_seqscan": "off"},
     )

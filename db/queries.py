@@ -351,12 +351,16 @@ ORDER BY t.available_at, t.id
 """
 )
 
+# A heartbeat never waits for a step run another transaction holds (a poll or report settling
+# it, a cancellation, the reaper): waiting there, while holding the leases it renewed and its
+# worker's row, closed lock cycles with a poll completing the same worker's step runs (deadlocks,
+# each a 1 s stall under load). A step run skipped here is answered from HEARTBEAT_LEFTOVERS.
 RENEW_LEASES = q("""
 UPDATE step_runs SET lease_expires_at = {NOW} + make_interval(secs => :lease_s)
 WHERE id IN (SELECT id FROM step_runs WHERE id = ANY(CAST(:ids AS uuid[])) AND worker_id = :worker
              AND status = 'running' AND cancel_requested_at IS NULL
              AND lease_expires_at > {NOW}
-             ORDER BY id FOR UPDATE)
+             ORDER BY id FOR UPDATE SKIP LOCKED)
 RETURNING id::text
 """)
 
@@ -367,7 +371,7 @@ WITH held AS (
   SELECT id, tenant_id, attempt, worker_id, lease_token, started_at FROM step_runs
   WHERE id = ANY(CAST(:ids AS uuid[])) AND worker_id = :worker AND status = 'running'
     AND cancel_requested_at IS NOT NULL
-  ORDER BY id FOR UPDATE
+  ORDER BY id FOR UPDATE SKIP LOCKED  -- as RENEW_LEASES: a heartbeat never waits for a step run
 ), told AS (
   UPDATE step_runs s SET status = 'cancelled', {CLEAR_LEASE}, finished_at = {{NOW}}
   FROM held WHERE s.id = held.id
@@ -380,10 +384,14 @@ WITH held AS (
 SELECT id::text FROM told
 """)
 
+# The step runs a heartbeat neither renewed nor told cancelled. ``held``: still this worker's,
+# running under a live lease, so another transaction held it when the heartbeat came (see
+# RENEW_LEASES): its lease stands and the next heartbeat renews it (or tells the cancellation).
 HEARTBEAT_LEFTOVERS = q("""
 SELECT id::text, status, worker_id::text AS worker_id,
   (status = 'cancelled' AND worker_id = :worker
-   AND finished_at < {NOW} - make_interval(secs => :grace)) AS ignored
+   AND finished_at < {NOW} - make_interval(secs => :grace)) AS ignored,
+  (status = 'running' AND worker_id = :worker AND lease_expires_at > {NOW}) AS held
 FROM step_runs WHERE id = ANY(CAST(:ids AS uuid[])) AND tenant_id = :tenant
 """)
 
