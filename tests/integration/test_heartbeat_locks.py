@@ -3,8 +3,8 @@
 A poll carrying results locks the step runs it completes in the order the worker sent them, while
 the same worker's heartbeat renewed its leases in id order and held its worker's row: each could
 hold what the other waited for. Postgres broke every such cycle after ``deadlock_timeout`` (1 s)
-by aborting one side, and under load these stalls came one after another (the bench's half-of-max
-phase went from tens of milliseconds to 42 s of dispatch latency). Now the heartbeat skips a
+by aborting one side (9 times in one run of the bench's half-of-max phase, which reached 42 s of
+dispatch latency with the stale plans of ``test_stale_plans.py``). Now the heartbeat skips a
 locked step run and answers it ``held`` from its stored state: the lease stands, the next
 heartbeat renews it.
 """
