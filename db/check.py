@@ -109,9 +109,7 @@ async def run_checks(conn: Conn, *, slack_s: float = 30.0) -> list[Violation]:
             rows = await conn.execute(text(sql), {"slack": slack_s})
             for row in rows.all()[:100]:
                 found.append(Violation(name, " ".join(str(v) for v in row)))
-    except BaseException:
+    finally:
         with contextlib.suppress(Exception):  # a failed transaction rolls the SET back anyway
             await conn.execute(text("RESET enable_seqscan"))
-        raise
-    await conn.execute(text("RESET enable_seqscan"))
     return found

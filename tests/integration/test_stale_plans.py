@@ -1,13 +1,12 @@
 """The busy path reads its rows by key, even with plans made while the queue was small.
 
-Two ways in: ``cairn_poll`` runs with ``enable_seqscan = off`` (migration 0011), and so does every
-connection of the API's pool (``db/pg.py``), for the statements run one by one.
-
 A session keeps the plans of ``cairn_poll``'s statements (generic ones, after five calls) until
 the tables' statistics change, which on a growing queue is whenever autovacuum next analyzes
 them. Plans made while step_runs held a few rows read it whole where a few rows were wanted; kept
 while the queue grew, every poll carrying results read the whole table, twice (34 ms per poll
-behind 70,000 step runs, found at the bench's half-of-max rate).
+behind 70,000 step runs, found at the bench's half-of-max rate). Two ways in, both covered:
+``cairn_poll`` runs with ``enable_seqscan = off`` (migration 0011), and so does every connection
+of the API's pool (``db/pg.py``), for the statements run one by one.
 """
 
 from __future__ import annotations
@@ -27,6 +26,27 @@ SCANS = """
 SELECT relname, seq_scan, COALESCE(idx_scan, 0) AS idx_scan FROM pg_stat_xact_user_tables
 WHERE relname IN ('step_runs', 'runs', 'step_attempts', 'workers')
 """
+
+
+async def _freeze_statistics(conn: asyncpg.Connection) -> None:
+    """No autovacuum: the plans made on the small queue are kept however far it grows."""
+    for table in ("step_runs", "runs", "step_attempts"):
+        await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+
+
+async def _grow(api: Api, workflow: str) -> None:
+    for _ in range(4):
+        await api.json("POST", f"/workflows/{workflow}/runs/bulk", 201, json={"runs": [{}] * 1000})
+
+
+async def _scans(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
+    """Sequential and index scans per table in the current transaction."""
+    return {r["relname"]: (r["seq_scan"], r["idx_scan"]) for r in await conn.fetch(SCANS)}
+
+
+def _read_by_key(scans: dict[str, tuple[int, int]]) -> None:
+    assert scans["step_runs"][1] > 0 and scans["runs"][1] > 0, scans
+    assert scans["step_runs"][0] == 0 and scans["runs"][0] == 0, scans
 
 
 class Poller:
@@ -56,29 +76,25 @@ async def test_a_poll_reads_by_key_with_plans_made_on_a_small_queue(api: Api, db
     w = await api.worker(["sp.s"], slots=100)
     conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg", "postgresql"))
     try:
-        for table in ("step_runs", "runs", "step_attempts"):
-            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        await _freeze_statistics(conn)
         tenant = await conn.fetchval("SELECT tenant_id::text FROM workers WHERE id = $1", w)
         p = Poller(conn, tenant, w)
         # A small queue: this session's plans are made here (custom ones, then a generic one).
         for _ in range(10):
             await api.trigger("sp")
             await p.poll(10)
-        # The queue grows far past what those plans saw, with no ANALYZE in between.
-        for _ in range(4):
-            await api.json("POST", "/workflows/sp/runs/bulk", 201, json={"runs": [{}] * 1000})
+        await _grow(api, "sp")  # far past what those plans saw, with no ANALYZE in between
         await p.poll(50)
         tx = conn.transaction()
         await tx.start()
         try:
             assert await p.poll(50) == 50  # carried 50 results, claimed 50 more
-            scans = {r["relname"]: (r["seq_scan"], r["idx_scan"]) for r in await conn.fetch(SCANS)}
+            scans = await _scans(conn)
         finally:
             await tx.rollback()
     finally:
         await conn.close()
-    assert scans["step_runs"][1] > 0 and scans["runs"][1] > 0, scans
-    assert scans["step_runs"][0] == 0 and scans["runs"][0] == 0, scans
+    _read_by_key(scans)
 
 
 async def test_the_statements_one_by_one_read_by_key_on_an_api_connection(
@@ -91,8 +107,7 @@ async def test_the_statements_one_by_one_read_by_key_on_an_api_connection(
     admin = await asyncpg.connect(dsn)
     pool = await create_pool(dsn, max_size=1)
     try:
-        for table in ("step_runs", "runs", "step_attempts"):
-            await admin.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        await _freeze_statistics(admin)
         tenant = await admin.fetchval("SELECT tenant_id::text FROM workers WHERE id = $1", w)
         async with pool.acquire() as raw:
             conn = Conn(raw, [])
@@ -116,19 +131,15 @@ async def test_the_statements_one_by_one_read_by_key_on_an_api_connection(
             for _ in range(10):  # a small queue: the plans are made here
                 await api.trigger("sq")
                 assert await claim_and_complete(10) == 1
-            for _ in range(4):
-                await api.json("POST", "/workflows/sq/runs/bulk", 201, json={"runs": [{}] * 1000})
+            await _grow(api, "sq")
             tx = raw.transaction()
             await tx.start()
             try:
                 assert await claim_and_complete(50) == 50
-                scans = {
-                    r["relname"]: (r["seq_scan"], r["idx_scan"]) for r in await raw.fetch(SCANS)
-                }
+                scans = await _scans(raw)
             finally:
                 await tx.rollback()
     finally:
         await pool.close()
         await admin.close()
-    assert scans["step_runs"][1] > 0 and scans["runs"][1] > 0, scans
-    assert scans["step_runs"][0] == 0 and scans["runs"][0] == 0, scans
+    _read_by_key(scans)
