@@ -25,6 +25,10 @@ class Batch:
     failures: list[tuple[int, ResultIn, dict[str, Any]]] = field(default_factory=list)
     refusals: list[CairnDBError] = field(default_factory=list)
 
+    def step_run_ids(self) -> list[str]:
+        done = [sid for _, (sid, _, _) in self.completions]
+        return done + [str(item.step_run_id) for _, item, _ in self.failures]
+
     @property
     def conflicts(self) -> list[LeaseConflict]:
         return [r for r in self.refusals if isinstance(r, LeaseConflict)]
@@ -53,6 +57,10 @@ async def apply(conn: Conn, tenant: str, batch: Batch, effects: Effects) -> list
     """Apply every item inside the caller's transaction; one answer per item, in order."""
     batch.refusals.clear()
     out: list[dict[str, Any] | None] = [None] * batch.size
+    if batch.failures and batch.size > 1:
+        # Each failure locks its own run as it comes: every run first, in id order, so two
+        # batches over the same runs cannot each hold a run the other waits for.
+        await leases.lock_runs(conn, tenant, batch.step_run_ids())
     if batch.completions:
         refused = await leases.complete_many(
             conn, tenant, [c for _, c in batch.completions], effects=effects

@@ -369,6 +369,12 @@ async def fail(
     )
 
 
+async def lock_runs(conn: Conn, tenant: str, step_run_ids: list[str]) -> None:
+    """Lock the runs of these step runs, in id order (``LOCK_RUNS_OF_STEPS``): done first by a
+    batch whose items would otherwise lock their runs in the order they come."""
+    await conn.execute(Q.LOCK_RUNS_OF_STEPS, {"ids": step_run_ids, "tenant": tenant})
+
+
 async def held_by(conn: Conn, worker_id: str) -> list[tuple[str, str]]:
     return [
         (str(r.id), str(r.run_id)) for r in await conn.execute(Q.WORKER_HELD, {"worker": worker_id})

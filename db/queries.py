@@ -427,6 +427,17 @@ COMPLETE_MANY = q(
     COMPLETE_CTES + "\nSELECT id::text AS id, run_id::text AS run_id, duration FROM done\n"
 )
 
+# A results batch carrying failures locks every run it touches first, in id order, in one
+# statement: completions lock their runs in id order, but each failure locks its own run as it
+# comes, so two batches naming the same runs in other orders could each hold what the other
+# waited for (a deadlock, broken after deadlock_timeout by aborting one of them).
+LOCK_RUNS_OF_STEPS = q("""
+SELECT r.id FROM runs r
+WHERE r.id = ANY(ARRAY(SELECT s.run_id FROM step_runs s
+                       WHERE s.id = ANY(CAST(:ids AS uuid[])) AND s.tenant_id = :tenant))
+ORDER BY r.id FOR UPDATE
+""")
+
 LOCK_HELD_STEP = q("""
 WITH lock_run AS (
   SELECT r.id FROM runs r WHERE r.id = (SELECT run_id FROM step_runs WHERE id = :id)
