@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from db.ids import MAX_POSITION
+
 
 class Settings(BaseSettings):
     """Every knob of a Cairn API replica. All are documented in README.md."""
@@ -52,7 +54,8 @@ class Settings(BaseSettings):
     # Limits.
     max_payload_bytes: int = 1024 * 1024
     max_body_bytes: int = 4 * 1024 * 1024
-    max_steps: int = 256
+    # A step's position fills the last 16 bits of its step run's id (db/ids.py): a smallint.
+    max_steps: int = Field(default=256, ge=1, le=MAX_POSITION)
     max_batch: int = 1000
     list_limit_max: int = 500
 

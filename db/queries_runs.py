@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import TextClause
 
+from db.ids import STEP_RUN_ID
 from db.queries import q
 
 # The version's steps from its stored (normalised) definition: the steps in order, then the
@@ -57,7 +58,7 @@ _INSERT_STEPS = """s AS (
                          is_on_failure, status, max_attempts, delivery, timeout_s,
                          schedule_timeout_s, backoff, parent_outputs, available_at, queued_at,
                          schedule_deadline)
-  SELECT gen_random_uuid(), r.tenant_id, r.id, d.name, d.action, d.position,
+  SELECT {STEP_RUN_ID}, r.tenant_id, r.id, d.name, d.action, d.position,
          ARRAY(SELECT jsonb_array_elements_text(d.parents)), d.on_failure,
          CASE WHEN d.root THEN 'queued' ELSE 'pending' END,
          d.retries + 1, d.delivery, d.timeout_s, d.schedule_timeout_s, d.backoff,
@@ -67,7 +68,7 @@ _INSERT_STEPS = """s AS (
          CASE WHEN d.root THEN r.created_at + make_interval(secs => d.schedule_timeout_s) END
   FROM r CROSS JOIN d
   RETURNING {RETURNING}
-)"""
+)""".replace("{STEP_RUN_ID}", STEP_RUN_ID)
 
 # Many runs of the version ``:workflow_id`` (looked up by the caller).
 CREATE_RUNS = q(f"""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -18,6 +17,7 @@ from db import transitions
 from db import workflows as wf
 from db.engine import refused, translate
 from db.errors import InvalidPayload, InvalidState, NotFound
+from db.ids import run_ids
 from db.models import RUN_ATTENTION
 from db.pg import Conn
 from db.types import Attempt, Effects, Run, RunPage, StepRun
@@ -64,7 +64,7 @@ async def trigger_many(
     idempotency key was already used gets the existing run and ``created=False``.
     """
     definition, workflow_id = await wf.get(conn, tenant, workflow, version, with_versions=False)
-    ids = [str(uuid.uuid4()) for _ in items]
+    ids = run_ids(len(items))
     created = {
         r.id
         for r in await conn.execute(
@@ -121,7 +121,7 @@ async def trigger_batch(
     (and the item's key names no run), ``InvalidState`` when the run its key names no longer
     exists, or what Postgres refused in it (the batch is then made one item at a time, so the
     others are created). Raises what fails the whole statement (nothing is created then)."""
-    ids = [str(uuid.uuid4()) for _ in items]
+    ids = run_ids(len(items))
     params: dict[str, Any] = {"tenant": tenant, "name": workflow, "version": version, "now": now}
     if len(items) == 1:
         statement = QR.CREATE_RUN
