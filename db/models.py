@@ -123,7 +123,9 @@ runs = Table(
     # The status of the runs an operator looks for (failed, cancelled), NULL for the others.
     # It is indexed instead of the status: a run's other transitions (queued → running →
     # succeeded) change no indexed value, so they are HOT updates (no index entries, the new row
-    # version on the same page: fillfactor leaves room for it).
+    # version on the same page). Fillfactor 50 leaves room on each page for one new version of
+    # every row, also when runs are triggered in bulk and fill their pages back to back (migration
+    # 0012: with 70, 58 % of those settling updates left the page).
     Column(
         "attention_status",
         Text,
@@ -145,7 +147,7 @@ runs = Table(
         "id",
         postgresql_where=text("attention_status IS NOT NULL"),
     ),
-    postgresql_with={"fillfactor": 70},
+    postgresql_with={"fillfactor": 50},
 )
 
 step_runs = Table(
