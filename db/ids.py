@@ -8,7 +8,7 @@ run's id with its last 16 bits set to the step's position), so step runs sort in
 That order is what the queue reads in: queued step runs are claimed by (``available_at``,
 ``id``), and a batch of 100 claimed, completed and settled step runs then sits on a few
 neighbouring pages of the tables and of their indexes instead of on 100 pages picked at random
-(the primary keys, the run/step key and the attempt rows alike: README "Performance" has the
+(the primary keys, the run/step key and the attempt rows alike: ``bench/HISTORY.md`` has the
 measured difference). Under the timestamp are 58 bits (a random start, then the counter); the
 ids are identifiers, not secrets (a lease token is one, and stays random).
 """
