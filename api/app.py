@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -203,4 +207,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """Factory for ``cairn serve --workers N``: every process reads the same environment."""
+    die_with_parent()
     return create_app(Settings())
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+SUPERVISOR_PID_ENV = "CAIRN_SUPERVISOR_PID"  # set by `cairn serve --workers N` for its children
+
+
+def die_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when the process that started it dies.
+
+    A ``cairn serve --workers N`` supervisor killed with SIGKILL cannot stop its server
+    processes; without this they would go on serving on the shared port, unsupervised and
+    outliving the embedded Postgres' owner. With it each stops as on any SIGTERM (requests in
+    flight finish within the graceful-shutdown timeout). Linux only; elsewhere a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = int(os.environ.get(SUPERVISOR_PID_ENV) or os.getppid())
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        return
+    if os.getppid() != parent:  # the supervisor died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)

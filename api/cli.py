@@ -39,7 +39,7 @@ def is_loopback(host: str) -> bool:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app
+    from api.app import SUPERVISOR_PID_ENV, create_app
     from api.settings import Settings
     from db.embedded import EmbeddedPostgres
 
@@ -90,6 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ["CAIRN_DATABASE_URL"] = settings.database_url or ""
             os.environ["CAIRN_RUN_MIGRATIONS"] = "false"
             os.environ["CAIRN_AUTH"] = "true" if settings.auth else "false"
+            os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())  # see api.app.die_with_parent
             with metrics_dir():  # each process's counters, summed by whichever answers a scrape
                 uvicorn.run(
                     "api.app:app_from_env",

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -187,3 +188,24 @@ async def test_multi_process_server_and_its_metrics_are_totals(
         m = scrape(srv.url)
         assert m['cairn_step_runs_total{status="succeeded"}'] == 20
         assert m[f"cairn_http_requests_total{{{poll_route}}}"] == polls
+
+
+def test_server_processes_stop_when_their_supervisor_is_killed(
+    server: Callable[..., Proc],
+) -> None:
+    """SIGKILL to `cairn serve --workers 2` leaves no server process serving unsupervised."""
+    srv = server("--workers", "2")
+    supervisor = psutil.Process(srv.pid)
+
+    def server_processes() -> list[psutil.Process]:
+        return [c for c in supervisor.children() if "spawn_main" in " ".join(c.cmdline())]
+
+    servers = wait_until(lambda: len(server_processes()) == 2 and server_processes(), 15, "both")
+    srv.signal(signal.SIGKILL)
+    srv.popen.wait(10)
+    _, alive = psutil.wait_procs(servers, timeout=20)
+    for orphan in alive:  # left running by a failure: not into the next tests
+        orphan.kill()
+    assert not alive, f"server processes outlived their supervisor: {alive}"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{srv.url}/healthz", timeout=2)
