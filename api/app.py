@@ -174,10 +174,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with svc.db.connect() as conn:
                 ready = await asyncio.wait_for(at_head(conn), 5)
         except Exception as err:
-            return problems.problem(503, "not_ready", f"database unreachable: {err}"[:300])
-        if not ready:
-            return problems.problem(503, "not_ready", "migrations are not at head")
-        return JSONResponse({"status": "ready"})
+            detail = f"database unreachable: {err}"[:300]
+        else:
+            if ready:
+                return JSONResponse({"status": "ready"})
+            detail = "migrations are not at head"
+        return problems.problem(
+            503, "not_ready", detail, instance="/readyz", headers={"Retry-After": "1"}
+        )
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def metrics_endpoint(request: Request) -> Response:

@@ -154,7 +154,7 @@ async def list_runs(
     tenant: Tenant,
     workflow: WorkflowName | None = None,
     status: RunStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 50,  # then clamped: list_limit_max
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> RunList:
     """Newest first. Pass ``next_cursor`` back as ``cursor`` for the next page."""

@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from db.errors import DatabaseUnavailable, InvalidPayload
+from db.errors import DatabaseUnavailable, InvalidPayload, SchemaNotReady
 from db.pg import Conn, StatementListener, create_pool
 
 log = logging.getLogger("cairn.db")
@@ -34,6 +34,9 @@ RETRYABLE_SQLSTATES = {"40P01", "40001"}
 # Connection exceptions, operator intervention (shutdown, restart), insufficient resources, and
 # what refuses a connection outright (bad credentials, no such database): all "unavailable".
 CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "53", "28", "3D")
+# A table or function the schema should have is missing: the database is not migrated (a server
+# started with CAIRN_RUN_MIGRATIONS=false before `cairn migrate`), which /readyz reports too.
+SCHEMA_MISSING_SQLSTATES = {"42P01", "42883"}
 
 
 def async_url(url: str) -> str:
@@ -115,6 +118,11 @@ def translate(err: BaseException) -> BaseException:
             return InvalidPayload(f"the database rejected a value (SQLSTATE {code})")
         if code.startswith(CONNECTION_SQLSTATE_PREFIXES):
             return DatabaseUnavailable(f"database unavailable (SQLSTATE {code})")
+        if code in SCHEMA_MISSING_SQLSTATES:
+            return SchemaNotReady(
+                f"the database schema is not at this server's version (SQLSTATE {code}):"
+                " run `cairn migrate`"
+            )
     if isinstance(err, sa_exc.TimeoutError):
         return DatabaseUnavailable("database connection pool exhausted")
     if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:

@@ -57,3 +57,9 @@ class LeaseConflict(CairnDBError):
 class DatabaseUnavailable(CairnDBError):
     status = 503
     code = "database_unavailable"
+
+
+class SchemaNotReady(DatabaseUnavailable):
+    """The database answers but its schema is not this server's (migrations not run)."""
+
+    code = "not_ready"

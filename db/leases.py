@@ -204,13 +204,26 @@ async def heartbeat(
 
 
 async def _conflict(
-    conn: Conn, tenant: str, step_run_id: str, token: str, output_json: str | None
+    conn: Conn,
+    tenant: str,
+    step_run_id: str,
+    token: str,
+    output_json: str | None,
+    error: dict[str, Any] | None = None,
 ) -> LeaseConflict:
-    """Explain why a fenced write was refused, and whether it conflicts with what is stored."""
+    """Explain why a fenced write was refused, and whether it conflicts with what is stored:
+    a completion (``output_json``) or a failure (``error``) repeating its attempt's own stored
+    result is benign; any other result is conflicting."""
     row = (
         await conn.execute(
             Q.DIAGNOSE,
-            {"id": step_run_id, "tenant": tenant, "token": token, "output": output_json},
+            {
+                "id": step_run_id,
+                "tenant": tenant,
+                "token": token,
+                "output": output_json,
+                "error": transitions.dump_error(error),
+            },
         )
     ).first()
     if row is None:
@@ -229,7 +242,7 @@ async def _conflict(
     older = row.token_attempt < row.attempt
     benign = not older and (
         (output_json is not None and row.token_outcome == "succeeded" and row.same_output)
-        or (output_json is None and row.token_outcome == "failed")
+        or (output_json is None and row.token_outcome == "failed" and row.same_error)
     )
     if row.status in ("succeeded", "failed", "skipped") and not older:
         return LeaseConflict(
@@ -356,7 +369,7 @@ async def fail(
     if step is None or step.cancel_requested_at is not None:
         if step is not None:
             await transitions.cancel_running(conn, step, effects, now)
-        return await _conflict(conn, tenant, step_run_id, token, None)
+        return await _conflict(conn, tenant, step_run_id, token, None, error)
     return await transitions.fail_attempt(
         conn,
         step,

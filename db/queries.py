@@ -79,13 +79,14 @@ RETURNING status
 """.replace("{OPEN_STEP}", OPEN_STEP)
 )
 
+# A succeeded step keeps its output, the on_failure step too: it handled the failure and its
+# result is as final as any other (it does not run again if the replayed run fails again).
 REPLAY_RESET_STEPS = q("""
 UPDATE step_runs SET status = 'pending', output = NULL, error = NULL, finished_at = NULL,
   cancel_requested_at = NULL, parent_outputs = NULL, available_at = NULL, queued_at = NULL,
   schedule_deadline = NULL,
   max_attempts = attempt + (CAST(:retries AS jsonb) ->> step_name)::int + 1
-WHERE run_id = :run
-  AND (status IN ('failed', 'cancelled', 'skipped') OR (is_on_failure AND status <> 'pending'))
+WHERE run_id = :run AND status IN ('failed', 'cancelled', 'skipped')
 RETURNING step_name
 """)
 
@@ -264,6 +265,15 @@ SELECT id, run_id FROM step_runs WHERE worker_id = :worker AND status = 'running
 # The claim answers the floors for the next claim (``floors``, first row). A row that still ends
 # up below a floor (a claim that locked it rolled back, a transaction queueing rows for longer
 # than the margin) waits for the caller's next full scan: late, never lost.
+#
+# Free slots (``cairn_free_slots``, migration 0014): claims of one worker take turns, each
+# counting the worker's running step runs after the one before it committed. Counted from this
+# statement's own snapshot, two polls of one worker at once (a client polling from several
+# threads) would each see every slot free and together claim beyond them. The function takes a
+# transaction-level advisory lock on the worker, then counts in a statement of its own (a
+# VOLATILE function's statements each take a new snapshot), so it sees the claims committed
+# while it waited; the rows those claimed are skipped by this statement's locking scan (their
+# new version is no longer queued). Polls of different workers never wait for each other.
 CLAIM_FLOOR_MARGIN = "interval '1 second'"
 NIL_UUID = "CAST('00000000-0000-0000-0000-000000000000' AS uuid)"
 CLAIM_CTES = """
@@ -271,8 +281,7 @@ WITH w AS (
   SELECT id, actions, lease_timeout_s,
     ARRAY(SELECT s.id::text FROM step_runs s WHERE s.worker_id = :worker AND s.status = 'running'
           AND s.cancel_requested_at IS NOT NULL) AS cancelled,
-    slots - (SELECT count(*) FROM step_runs s WHERE s.worker_id = :worker
-             AND s.status = 'running') AS free
+    cairn_free_slots(id, slots) AS free
   FROM workers
   WHERE tenant_id = :tenant AND id = :worker AND deregistered_at IS NULL
 ), seen AS (
@@ -467,7 +476,8 @@ SELECT s.status, s.attempt, s.cancel_requested_at IS NOT NULL AS cancel_requeste
     AS token_attempt,
   CASE WHEN s.lease_token = CAST(:token AS uuid) THEN 'running' ELSE a.outcome END
     AS token_outcome,
-  (s.output IS NOT NULL AND s.output = CAST(:output AS jsonb)) AS same_output
+  (s.output IS NOT NULL AND s.output = CAST(:output AS jsonb)) AS same_output,
+  (a.error IS NOT NULL AND a.error = CAST(:error AS jsonb)) AS same_error
 FROM step_runs s
 LEFT JOIN step_attempts a ON a.step_run_id = s.id AND a.lease_token = CAST(:token AS uuid)
 WHERE s.id = :id AND s.tenant_id = :tenant

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from tests.integration.conftest import Api
 
 
@@ -132,6 +135,26 @@ async def test_benign_duplicate_completion_is_not_conflicting(api: Api) -> None:
     )
 
 
+async def test_a_repeated_failure_is_benign_only_with_the_same_error(api: Api) -> None:
+    await api.register("df", [{"name": "s", "retries": 1, "backoff": {"initial_s": 60}}])
+    await api.trigger("df")
+    w = await api.worker(["df.s"])
+    [t] = await api.poll(w)
+    err = {"type": "E", "message": "m"}
+    body = {"lease_token": t["lease_token"], "error": err, "retryable": True}
+    path = f"/step-runs/{t['step_run_id']}/fail"
+    assert (await api.json("POST", path, json=body))["status"] == "queued"  # retried later
+    same = await api.call("POST", path, 409, json=body)
+    assert same.json()["conflicting"] is False
+    other = {**body, "error": {"type": "Other", "message": "zz"}}
+    assert (await api.call("POST", path, 409, json=other)).json()["conflicting"] is True
+    for conflicting in ("false", "true"):
+        labels = {"reason": "lease_lost", "conflicting": conflicting}
+        assert await api.metric("cairn_duplicate_completions_total", **labels) == 1
+    stored = await api.run((await api.json("GET", "/runs?workflow=df"))["runs"][0]["id"])
+    assert stored["steps"][0]["attempts"][0]["error"] == err
+
+
 async def test_execution_timeout_counts_as_retryable_failure(api: Api) -> None:
     await api.register(
         "to",
@@ -194,3 +217,39 @@ async def test_deregister_releases_leases_at_once(api: Api) -> None:
     await api.complete(t2, 1)
     assert (await api.run(run["id"]))["status"] == "succeeded"
     await api.call("POST", f"/workers/{w}/poll", 404, json={"max_tasks": 1, "wait_s": 0})
+
+
+async def test_concurrent_polls_of_one_worker_never_lease_beyond_its_slots(api: Api) -> None:
+    """A client polling one worker from several connections at once: the polls take turns."""
+    await api.register("cp", [{"name": "s"}])
+    await api.call("POST", "/workflows/cp/runs/bulk", 201, json={"runs": [{}] * 60})
+    w = await api.worker(["cp.s"], slots=3)
+    held: list[Any] = []
+    for _ in range(4):
+        got = await asyncio.gather(*(api.poll(w, max_tasks=3) for _ in range(8)))
+        held = [t for tasks in got for t in tasks]
+        assert len(held) == 3, [len(tasks) for tasks in got]
+        # The same again, each poll carrying a result (the claim inside ``cairn_poll``): the
+        # three slots it frees are all there is to claim, however many polls ask at once.
+        carried = [
+            {"step_run_id": t["step_run_id"], "lease_token": t["lease_token"], "output": 1}
+            for t in held
+        ]
+        got = await asyncio.gather(
+            *(
+                api.json(
+                    "POST",
+                    f"/workers/{w}/poll",
+                    json={"max_tasks": 3, "wait_s": 0, "results": carried[i : i + 1]},
+                )
+                for i in range(3)
+            ),
+            *(api.poll(w, max_tasks=3) for _ in range(5)),
+        )
+        answers = [a if isinstance(a, list) else a["tasks"] for a in got]
+        tasks = [t for answer in answers for t in answer]
+        assert len(tasks) <= 3, len(tasks)
+        for t in tasks:
+            await api.complete(t, 2)
+    running = await api.json("GET", "/runs?workflow=cp&status=running&limit=100")
+    assert len(running["runs"]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from db import leases
+from db.check import run_checks
 from db.models import DEFAULT_TENANT_ID
 from db.pg import Conn
 from db.types import Effects
@@ -205,6 +206,32 @@ async def test_on_failure_step_runs_with_failure_details(api: Api) -> None:
         "b": "skipped",
         "cleanup": "succeeded",
     }
+
+
+async def test_replay_keeps_the_on_failure_steps_result(api: Api) -> None:
+    """The handler's success is as final as any step's: a replay neither clears nor re-runs it."""
+    await api.register(
+        "ofr", [{"name": "a"}, {"name": "b", "parents": ["a"]}], on_failure={"name": "h"}
+    )
+    run = await api.trigger("ofr")
+    w = await api.worker(["ofr.a", "ofr.b", "ofr.h"])
+    [a] = await api.poll(w)
+    await api.fail(a, retryable=False)
+    [h] = await api.poll(w)
+    await api.complete(h, {"handled": True})
+    assert (await api.run(run["id"]))["status"] == "failed"
+    replayed = await api.json("POST", f"/runs/{run['id']}/replay", 202)
+    steps = {s["name"]: s for s in replayed["steps"]}
+    assert steps["h"]["status"] == "succeeded" and steps["h"]["output"] == {"handled": True}
+    [a2] = await api.poll(w)
+    await api.fail(a2, retryable=False)  # fails again: the handler has already run
+    assert await api.poll(w) == []
+    final = await api.run(run["id"])
+    assert final["status"] == "failed"
+    steps = {s["name"]: s for s in final["steps"]}
+    assert steps["h"]["output"] == {"handled": True} and len(steps["h"]["attempts"]) == 1
+    async with api.svc.db.connect() as conn:
+        assert await run_checks(conn) == []
 
 
 async def test_on_failure_is_skipped_when_the_run_succeeds(api: Api) -> None:

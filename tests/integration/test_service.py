@@ -27,6 +27,19 @@ async def test_health_and_readiness(api: Api) -> None:
     assert (await api.client.get("/readyz")).json() == {"status": "ready"}
 
 
+async def test_a_database_behind_the_servers_schema_is_not_ready_never_a_500(api: Api) -> None:
+    async with api.svc.db.engine.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = '0012'"))
+        await conn.execute(text("ALTER TABLE workflows RENAME TO workflows_gone"))
+    ready = await api.client.get("/readyz")
+    assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
+    assert ready.headers["content-type"] == "application/problem+json"
+    assert ready.json()["code"] == "not_ready"
+    listed = await api.client.get("/api/v1/workflows")
+    assert listed.status_code == 503 and listed.headers["retry-after"] == "1"
+    assert listed.json()["code"] == "not_ready" and "cairn migrate" in listed.json()["detail"]
+
+
 async def test_metrics_exposes_the_documented_series(api: Api) -> None:
     await api.register("m", [{"name": "s"}])
     await api.trigger("m")

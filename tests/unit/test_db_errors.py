@@ -7,7 +7,7 @@ import asyncpg.exceptions._base as asyncpg_base
 import pytest
 
 from db.engine import translate
-from db.errors import DatabaseUnavailable, InvalidPayload
+from db.errors import DatabaseUnavailable, InvalidPayload, SchemaNotReady
 
 
 @pytest.mark.parametrize(
@@ -38,3 +38,13 @@ def test_client_side_encoding_errors_and_unknown_errors_stay_as_they_are() -> No
     assert translate(bug) is bug
     other = asyncpg.UniqueViolationError("duplicate key")
     assert translate(other) is other
+
+
+def test_a_missing_table_or_function_means_the_schema_is_not_migrated() -> None:
+    for err in (
+        asyncpg.UndefinedTableError('relation "workflows" does not exist'),  # 42P01
+        asyncpg.UndefinedFunctionError("function cairn_poll(...) does not exist"),  # 42883
+    ):
+        translated = translate(err)
+        assert isinstance(translated, SchemaNotReady) and translated.status == 503
+        assert translated.code == "not_ready"
