@@ -36,11 +36,15 @@ log = logging.getLogger("cairn.api")
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``limit`` bytes with 413 before any handler reads them."""
+    """Refuse request bodies over ``limit`` bytes with 413 before any handler reads them, and
+    bodies not all arrived within ``timeout_s`` of the request's head with 408 (0: no deadline):
+    a client that announces a body and never sends it would otherwise hold its request, and its
+    socket, for ever."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float = 0.0) -> None:
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS"):
@@ -57,8 +61,21 @@ class BodyLimitMiddleware:
                     return
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_s if self.timeout_s else None
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):  # None: no deadline
+                    message = await receive()
+            except TimeoutError:
+                response = problems.problem(
+                    408,
+                    "request_timeout",
+                    f"the request body did not arrive within {self.timeout_s:g} s",
+                    instance=scope.get("path"),
+                    headers={"Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -204,7 +221,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("metrics gauges not refreshed: %s", err)
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_body_bytes,
+        timeout_s=settings.request_body_timeout_s,
+    )
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
     return app
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -14,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from api import cli_admin
 
@@ -40,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import SUPERVISOR_PID_ENV, create_app
+    from api.httpproto import CairnHttpProtocol
     from api.settings import Settings
     from db.embedded import EmbeddedPostgres
 
@@ -83,6 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises SIGTERM once it has shut down; make that an orderly exit so the
     # `finally` below stops the embedded Postgres instead of the default handler killing us.
     signal.signal(signal.SIGTERM, _exit_quietly)
+    # uvicorn's httptools protocol, answering malformed and stalled requests in problem+json.
+    http: Any = functools.partial(CairnHttpProtocol, head_timeout_s=settings.request_head_timeout_s)
     try:
         if args.workers > 1:
             # Several processes share the socket; each builds its app from the environment.
@@ -100,6 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
                     port=settings.port,
                     log_level=settings.log_level,
                     timeout_graceful_shutdown=5,
+                    http=http,
                 )
         else:
             # One process keeps its metrics in memory, unless the operator set a multi-process
@@ -112,6 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
                     port=settings.port,
                     log_level=settings.log_level,
                     timeout_graceful_shutdown=5,
+                    http=http,
                 )
     finally:
         if embedded is not None:

@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     # Limits.
     max_payload_bytes: int = 1024 * 1024
     max_body_bytes: int = 4 * 1024 * 1024
+    request_head_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="a request's line and headers must arrive within this many seconds of its "
+        "first byte (or of the connection's opening), else 408 and the connection closes; 0: off",
+    )
+    request_body_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="a request's body must arrive within this many seconds of its head, else "
+        "408; 0: off",
+    )
     # A step's position fills the last 16 bits of its step run's id (db/ids.py): a smallint.
     max_steps: int = Field(default=256, ge=1, le=MAX_POSITION)
     max_batch: int = 1000

@@ -43,11 +43,19 @@ def compile_sql(sql: str) -> tuple[str, tuple[str, ...]]:
     return out
 
 
+# A run of 19 digits: possibly an integer beyond 64 bits, which orjson reads as a float (rounded)
+# and the standard library reads exactly. A long digit run inside a string only costs the slower
+# parser.
+_LONG_DIGITS = re.compile(r"\d{19}")
+
+
 def _loads(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:  # numbers beyond 64 bits: the standard library copes
-        return json.loads(text)
+    if _LONG_DIGITS.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 def _dumps(value: Any) -> str:

@@ -203,3 +203,16 @@ async def test_sql_metacharacters_in_every_string_field(api: Api) -> None:
     assert [r["id"] for r in page["runs"]] == [run["id"]]
     _problem(await api.call("GET", "/runs", params={"cursor": evil}), 422)
     _problem(await api.call("GET", f"/runs/{evil}"), 422)
+
+
+async def test_integers_beyond_64_bits_read_back_exactly(api: Api) -> None:
+    big = {"n": 2**64, "neg": -(2**63) - 1, "huge": 123456789012345678901234567890, "s": "9" * 30}
+    await api.register("bigint", [{"name": "s"}])
+    run = await api.trigger("bigint", big)
+    assert run["input"] == big
+    w = await api.worker(["bigint.s"])
+    [t] = await api.poll(w)
+    assert t["input"] == big
+    await api.complete(t, {"out": 2**70})
+    got = await api.run(run["id"])
+    assert got["input"] == big and got["steps"][0]["output"] == {"out": 2**70}
