@@ -93,7 +93,8 @@ async def register_worker(body: WorkerIn, svc: Svc, tenant: Tenant) -> WorkerOut
 async def poll(
     worker_id: UUID, body: PollIn, request: Request, svc: Svc, tenant: Tenant
 ) -> Response:
-    """Long-poll for up to ``max_tasks`` step runs (never beyond free slots), up to ``wait_s``.
+    """Long-poll for up to ``max_tasks`` step runs (never beyond free slots), up to ``wait_s``
+    (at most the server's cap and half the worker's lease timeout).
 
     Returns at once when work is claimed or a held step run was cancelled; otherwise waits to
     be woken by a NOTIFY for the worker's actions (one waiting poll per notification), and
@@ -109,7 +110,8 @@ async def poll(
     wid = str(worker_id)
     max_tasks = min(body.max_tasks, s.poll_max_tasks)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + min(body.wait_s, s.poll_max_wait_s)
+    started = loop.time()
+    deadline = started + min(body.wait_s, s.poll_max_wait_s)
     batch = (
         results.prepare(body.results, max_batch=s.max_batch, max_payload_bytes=s.max_payload_bytes)
         if body.results
@@ -185,6 +187,11 @@ async def poll(
                 svc.remember_worker(wid, actions)
                 wake.set_actions(actions)
                 continue
+            if result.lease_timeout_s is not None:
+                # A worker that stops while its poll waits (frozen, cut off) must not be handed
+                # work after it could have been noticed: the poll waits at most half its lease,
+                # so the claims made for it are those of a worker heard from within its lease.
+                deadline = min(deadline, started + result.lease_timeout_s / 2)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break

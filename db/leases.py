@@ -112,6 +112,7 @@ async def _claim(
         actions=tuple(head["actions"]),
         full=len(tasks) >= head["n"],
         floors=head["floors"],
+        lease_timeout_s=float(head["lease_timeout_s"]),
     )
     return result, tuple(head["cancelled"])
 
@@ -158,6 +159,7 @@ async def poll(
         actions=again.actions,
         full=again.full,
         floors=again.floors,
+        lease_timeout_s=again.lease_timeout_s,
     )
 
 

@@ -361,7 +361,8 @@ CLAIM = q(
   CASE WHEN row_number() OVER (ORDER BY t.available_at, t.id) = 1 THEN (SELECT floors FROM floors)
   END AS floors,
   CASE WHEN t.id IS NOT NULL THEN {CLAIM_TASK} END AS task,
-  EXTRACT(EPOCH FROM (t.started_at - t.available_at)) AS queue_latency
+  EXTRACT(EPOCH FROM (t.started_at - t.available_at)) AS queue_latency,
+  w.lease_timeout_s
 FROM w CROSS JOIN lim LEFT JOIN tasks t ON true
 ORDER BY t.available_at, t.id
 """

@@ -88,6 +88,7 @@ class PollResult:
     actions: tuple[str, ...]
     full: bool = False  # the claim took all it could (or had no room): work may remain
     floors: str | None = None  # where the next claim of each action may start (db.claim_floors)
+    lease_timeout_s: float | None = None  # the worker's (from CLAIM; not from cairn_poll)
 
 
 @dataclass

@@ -40,3 +40,27 @@ async def test_long_poll_returns_empty_after_wait(api: Api) -> None:
     await api.register("idle", [{"name": "a"}])
     w = await api.worker(["idle.a"])
     assert await api.poll(w, wait_s=0.3) == []
+
+
+async def test_a_long_poll_waits_at_most_half_its_workers_lease(api: Api) -> None:
+    """A worker frozen (or cut off) while its poll waits is not handed work for it after it could
+    have been noticed: work queued later goes to a poll that is still live."""
+    await api.register("half", [{"name": "a"}])
+    frozen = await api.worker(["half.a"], lease_timeout_s=2, heartbeat_interval_s=0.5)
+    live = await api.worker(["half.a"])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # Asked for 30 s; the worker then stops (its process frozen: nobody reads the answer).
+    frozen_poll = asyncio.create_task(api.poll(frozen, wait_s=30))
+    await asyncio.sleep(1.5)  # past half of its 2 s lease
+    live_poll = asyncio.create_task(api.poll(live, wait_s=10))
+    await asyncio.sleep(0.2)
+    await api.trigger("half")
+    [task] = await asyncio.wait_for(live_poll, timeout=15)
+    assert task["attempt"] == 1
+    assert await asyncio.wait_for(frozen_poll, timeout=15) == []  # answered empty, at about 1 s
+    assert loop.time() - started < 10
+    # A worker with the default 60 s lease waits as long as it asked (here 1.5 s).
+    started = loop.time()
+    assert await api.poll(live, wait_s=1.5) == []
+    assert loop.time() - started >= 1.4
