@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
 from api.auth import Gate
+from api.httpproto import DRAIN_STATE_KEY
 from api.metrics import HTTPMetricsMiddleware, Metrics
 from api.notifier import Notifier
 from api.routes import router as runs_router
@@ -110,7 +111,7 @@ class BodyLimitMiddleware:
 
 async def _reaper_loop(svc: Service) -> None:
     s = svc.settings
-    while True:
+    while not svc.draining.is_set():
         try:
             effects = Effects()
             changed = await reaper.tick(
@@ -123,7 +124,8 @@ async def _reaper_loop(svc: Service) -> None:
             raise
         except Exception as err:
             log.warning("reaper tick failed: %s", err)
-        await asyncio.sleep(s.reaper_interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(svc.draining.wait(), s.reaper_interval_s)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -131,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         embedded = None
         url = settings.database_url
         if url is None:
@@ -152,7 +154,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.gc_threshold:
             tune_gc(settings.gc_threshold)
         try:
-            yield
+            # Lifespan state: the HTTP protocol reaches it at the start of a graceful shutdown.
+            yield {DRAIN_STATE_KEY: svc.drain}
         finally:
             reaper_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -24,6 +24,9 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from api.problems import PROBLEM_TYPE, TITLES
 
+# The lifespan state's key for the service's ``drain()`` (api.app's lifespan yields it).
+DRAIN_STATE_KEY = "cairn_drain"
+
 
 class CairnHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with problem+json answers and a deadline for a request's
@@ -50,6 +53,15 @@ class CairnHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
         super().on_headers_complete()
+
+    def shutdown(self) -> None:
+        """The server starts a graceful shutdown (called for every open connection): tell the
+        application first (``drain()`` in the lifespan state), so a long-poll waiting on this
+        connection answers now instead of holding the shutdown up to its timeout."""
+        drain = self.app_state.get(DRAIN_STATE_KEY)
+        if callable(drain):
+            drain()
+        super().shutdown()
 
     def send_400_response(self, msg: str) -> None:
         self._disarm_head_timer()

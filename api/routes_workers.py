@@ -193,7 +193,7 @@ async def poll(
                 # so the claims made for it are those of a worker heard from within its lease.
                 deadline = min(deadline, started + result.lease_timeout_s / 2)
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or svc.draining.is_set():
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.event.wait(), min(remaining, s.poll_recheck_s))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -35,12 +36,22 @@ class Service:
         # Where each action's next claim starts reading (db/claim_floors.py).
         self.claim_floors = ClaimFloors(rescan_s=settings.claim_floor_rescan_s)
         self._worker_actions: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        # Set when the server starts shutting down (api/httpproto.py): waiting long-polls answer
+        # at once and the reaper stops, so the shutdown does not wait out every long-poll.
+        self.draining = asyncio.Event()
         # Single triggers arriving together share a statement (api/triggers.py).
         self.triggers = TriggerBatcher(
             self.statement,
             max_batch=min(TRIGGER_BATCH, settings.max_batch),
             max_in_flight=TRIGGER_STATEMENTS_IN_FLIGHT,
         )
+
+    def drain(self) -> None:
+        """The server is shutting down: answer the waiting long-polls now (empty), stop reaping
+        (another replica, or this one restarted, goes on)."""
+        if not self.draining.is_set():
+            self.draining.set()
+            self.notifier.wake_all()
 
     async def tx(self, fn: Callable[[Conn, Effects], Awaitable[T]]) -> T:
         """One transaction; its wake-ups are sent inside it and its metrics after commit."""

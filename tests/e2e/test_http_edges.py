@@ -4,7 +4,9 @@ parser refuses, and a request whose head or body stalls, are answered in problem
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -69,3 +71,29 @@ def test_unparseable_and_stalled_requests_get_problem_json(server: Callable[...,
         started = time.monotonic()
         poll = http.post(f"/workers/{worker.json()['id']}/poll", json={"wait_s": 2})
         assert poll.status_code == 200 and time.monotonic() - started >= 1.5
+
+
+def test_sigterm_answers_the_waiting_long_polls_and_exits_promptly(
+    server: Callable[..., Proc],
+) -> None:
+    """A shutdown does not wait out the workers' long-polls: each answers at once, empty (the
+    worker polls again, elsewhere or once the server is back), and the server exits cleanly."""
+    srv = server()
+    with httpx.Client(base_url=f"{srv.url}/api/v1", timeout=60) as http:
+        assert http.put("/workflows/d", json={"steps": [{"name": "s"}]}).status_code == 201
+        worker = http.post("/workers", json={"name": "w", "actions": ["d.s"], "slots": 1}).json()
+        answers: list[httpx.Response] = []
+
+        def long_poll() -> None:
+            answers.append(http.post(f"/workers/{worker['id']}/poll", json={"wait_s": 30}))
+
+        waiting = threading.Thread(target=long_poll)
+        waiting.start()
+        time.sleep(1.0)  # the poll is waiting on the server
+        assert not answers
+        srv.signal(signal.SIGTERM)
+        waiting.join(20)
+        assert srv.popen.wait(20) == 0
+    assert answers and answers[0].status_code == 200 and answers[0].json()["tasks"] == []
+    log = srv.output()
+    assert "Traceback" not in log and "ERROR" not in log, log
