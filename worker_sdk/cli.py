@@ -29,6 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None, help="worker name (default host-pid)")
     parser.add_argument("--token", default=None, help="API token (default $CAIRN_TOKEN)")
     parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=None,
+        metavar="S",
+        help="on SIGTERM, seconds running steps get to finish before their leases are released"
+        " (default 30)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -56,7 +64,8 @@ def load_target(spec: str) -> Any:
 
 def build_worker(target: Any, args: argparse.Namespace) -> Worker:
     if isinstance(target, Worker):
-        ignored = [f"--{k}" for k in ("url", "slots", "name", "token") if getattr(args, k)]
+        given = ("url", "slots", "name", "token", "shutdown_grace")
+        ignored = [f"--{k.replace('_', '-')}" for k in given if getattr(args, k) is not None]
         if ignored:
             log.warning("target is a ready Worker; ignoring %s", ", ".join(ignored))
         return target
@@ -69,6 +78,8 @@ def build_worker(target: Any, args: argparse.Namespace) -> Worker:
     else:
         raise CairnError(f"target must be a Worker, a Workflow or a list of them, not {target!r}")
     options: dict[str, Any] = {"slots": args.slots} if args.slots is not None else {}
+    if args.shutdown_grace is not None:
+        options["shutdown_grace_s"] = args.shutdown_grace
     return Worker(
         resolve_url(args.url),
         workflows=workflows,

@@ -156,8 +156,10 @@ def send(
     clock: Callable[[], float] = time.monotonic,
     rng: Callable[[], float] = random.random,
     give_up: Callable[[], bool] | None = None,
+    retry_log_level: int = logging.DEBUG,
 ) -> httpx.Response:
-    """Send with retries; return the 2xx response or raise ``APIError``/``HTTPError``."""
+    """Send with retries; return the 2xx response or raise ``APIError``/``HTTPError``. Each
+    retry is logged at ``retry_log_level``."""
     state = RetryState(
         policy or RetryPolicy(), idempotent=call.idempotent, clock=clock, rng=rng, give_up=give_up
     )
@@ -170,12 +172,13 @@ def send(
             delay = state.after_error(exc)
             if delay is None:
                 raise HTTPError(_describe(method, url, repr(exc))) from exc
-            log.debug("%s; retrying in %.2fs", _describe(method, url, repr(exc)), delay)
+            why = _describe(method, url, repr(exc))
         else:
             delay = state.after_response(response)
             if delay is None:
                 return raise_for_problem(response)
-            log.debug("%s; retrying in %.2fs", _describe(method, url, response.status_code), delay)
+            why = _describe(method, url, response.status_code)
+        log.log(retry_log_level, "%s; retrying in %.2fs", why, delay)
         sleep(delay)
 
 

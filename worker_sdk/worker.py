@@ -237,7 +237,13 @@ class Worker:
         policy = RetryPolicy(deadline_s=60.0, max_delay_s=5.0)
         for wf in self.workflows:
             call = calls.put_workflow(wf.name, wf.definition())
-            body = send(control, call, policy=policy, give_up=self._stopping).json()
+            body = send(
+                control,
+                call,
+                policy=policy,
+                give_up=self._stopping,
+                retry_log_level=logging.WARNING,  # a server not up yet: say so, not 60 s of silence
+            ).json()
             log.info("workflow %s is at version %s", wf.name, body.get("version"))
         reg.register(give_up=self._stopping)
 

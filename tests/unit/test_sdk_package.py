@@ -56,9 +56,13 @@ def test_cli_builds_a_worker_from_a_workflow(
 ) -> None:
     monkeypatch.setenv("CAIRN_TOKEN", "tok")
     monkeypatch.delenv("CAIRN_URL", raising=False)
-    args = build_parser().parse_args(["cairn_test_target:wf", "--slots", "7"])
+    args = build_parser().parse_args(
+        ["cairn_test_target:wf", "--slots", "7", "--shutdown-grace", "2.5"]
+    )
     worker = build_worker(load_target(args.target), args)
-    assert worker.slots == 7
+    assert worker.slots == 7 and worker.shutdown_grace_s == 2.5
+    default = build_worker(target_module.wf, build_parser().parse_args(["cairn_test_target:wf"]))
+    assert default.shutdown_grace_s == 30
     assert worker.url == "http://127.0.0.1:8080"
     assert worker.actions == ["w.s"]
     assert worker._headers["authorization"] == "Bearer tok"

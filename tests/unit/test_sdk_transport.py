@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import httpx
@@ -76,6 +77,18 @@ def test_transport_errors_are_retried() -> None:
     assert run(transport, clock).json() == {}
     assert len(seen) == 3
     assert clock.sleeps == [1, 2]
+
+
+def test_retries_are_logged_at_the_level_asked(caplog: pytest.LogCaptureFixture) -> None:
+    """Quiet by default; a worker starting against a server not up yet asks for warnings."""
+    for level, expected in ((logging.DEBUG, []), (logging.WARNING, [logging.WARNING] * 2)):
+        transport, _ = scripted(
+            httpx.ConnectError("refused"), httpx.Response(503), httpx.Response(200, json={})
+        )
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="cairn"):
+            assert run(transport, FakeClock(), retry_log_level=level).json() == {}
+        assert [r.levelno for r in caplog.records if "retrying" in r.message] == expected
 
 
 @pytest.mark.parametrize("code", ["lease_lost", "cancelled", "already_finished"])
