@@ -109,6 +109,26 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
+class HeadAsGetMiddleware:
+    """``HEAD`` answered as ``GET`` without the body (RFC 9110: every resource that answers GET
+    answers HEAD), which FastAPI's routes do not do by themselves."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 async def _reaper_loop(svc: Service) -> None:
     s = svc.settings
     while not svc.draining.is_set():
@@ -224,6 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("metrics gauges not refreshed: %s", err)
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_body_bytes,

@@ -27,6 +27,17 @@ async def test_health_and_readiness(api: Api) -> None:
     assert (await api.client.get("/readyz")).json() == {"status": "ready"}
 
 
+async def test_head_answers_as_get_without_the_body(api: Api) -> None:
+    await api.register("hd", [{"name": "s"}])
+    for path in ("/healthz", "/readyz", "/api/v1/runs", "/api/v1/workflows/hd"):
+        got, head = await api.client.get(path), await api.client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"" and head.headers["content-length"] == str(len(got.content))
+    missing = await api.client.head("/api/v1/workflows/nope")
+    assert missing.status_code == 404 and missing.content == b""
+    assert (await api.client.head("/api/v1/step-runs/results")).status_code == 405
+
+
 async def test_a_database_behind_the_servers_schema_is_not_ready_never_a_500(api: Api) -> None:
     async with api.svc.db.engine.begin() as conn:
         await conn.execute(text("UPDATE alembic_version SET version_num = '0012'"))
