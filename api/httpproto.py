@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from api.problems import PROBLEM_TYPE, TITLES
+from api.problems import PROBLEM_TYPE, problem_body
 
 # The lifespan state's key for the service's ``drain()`` (api.app's lifespan yields it).
 DRAIN_STATE_KEY = "cairn_drain"
@@ -94,15 +94,7 @@ class CairnHttpProtocol(HttpToolsProtocol):
         """Write a problem+json answer straight to the connection, then close it."""
         if self.transport.is_closing():
             return
-        body = orjson.dumps(
-            {
-                "type": f"urn:cairn:problem:{code}",
-                "title": TITLES.get(status, "Error"),
-                "status": status,
-                "detail": detail,
-                "code": code,
-            }
-        )
+        body = orjson.dumps(problem_body(status, code, detail))
         head = [STATUS_LINE.get(status) or f"HTTP/1.1 {status} \r\n".encode()]
         for name, value in self.server_state.default_headers:
             head.extend([name, b": ", value, b"\r\n"])

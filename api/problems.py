@@ -32,15 +32,10 @@ TITLES = {
 }
 
 
-def problem(
-    status: int,
-    code: str,
-    detail: str,
-    *,
-    instance: str | None = None,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> JSONResponse:
+def problem_body(
+    status: int, code: str, detail: str, *, instance: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """An RFC 9457 problem document, as every error of Cairn's is written."""
     body: dict[str, Any] = {
         "type": f"urn:cairn:problem:{code}",
         "title": TITLES.get(status, "Error"),
@@ -51,6 +46,19 @@ def problem(
     if instance:
         body["instance"] = instance
     body.update(extra)
+    return body
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = problem_body(status, code, detail, instance=instance, **extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
 
 
