@@ -129,6 +129,28 @@ class HeadAsGetMiddleware:
         await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
+class TrailingSlashMiddleware:
+    """``/api/v1/runs/`` answered as ``/api/v1/runs``. Without it the router would redirect
+    (307) to a ``Location`` built from the request's ``Host``, which behind a proxy may name an
+    address the client cannot reach, and a client that does not follow redirects gets no answer.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or len(path) < 2 or not path.endswith("/"):
+            await self.app(scope, receive, send)
+            return
+        trimmed = path.rstrip("/") or "/"
+        raw = scope.get("raw_path")
+        scope = {**scope, "path": trimmed}
+        if raw is not None:
+            scope["raw_path"] = raw.rstrip(b"/") or b"/"
+        await self.app(scope, receive, send)
+
+
 async def _reaper_loop(svc: Service) -> None:
     s = svc.settings
     while not svc.draining.is_set():
@@ -245,6 +267,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(TrailingSlashMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_body_bytes,

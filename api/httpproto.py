@@ -10,7 +10,9 @@ problem+json what never reaches the application.
   (one socket each: a slow-loris client could hold them all). A request's body has its own
   deadline, kept by the application (``api.app.BodyLimitMiddleware``).
 
-Each answer closes the connection, as uvicorn's own 400 does. Behind the nginx of ``deploy/`` the
+Each answer closes the connection, as uvicorn's own 400 does. A request refused behind pipelined
+requests that parsed whole waits for their answers first (uvicorn closes at once and their
+answers are lost, although they were applied). Behind the nginx of ``deploy/`` the
 proxy's own timeouts come first; these keep a server that is reached directly safe too.
 """
 
@@ -37,6 +39,7 @@ class CairnHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.head_timeout_s = head_timeout_s
         self._head_timer: asyncio.TimerHandle | None = None
+        self._refusal: str | None = None  # a 400 waiting for earlier requests' answers
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -63,8 +66,36 @@ class CairnHttpProtocol(HttpToolsProtocol):
             drain()
         super().shutdown()
 
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is None:  # past a refused request, the byte stream means nothing
+            super().data_received(data)
+
     def send_400_response(self, msg: str) -> None:
         self._disarm_head_timer()
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body:
+            # The refused bytes are this request's body. Not started yet (queued behind
+            # pipelined requests): drop it, the 400 stands in its place after their answers.
+            queued = next((entry for entry in self.pipeline if entry[0] is cycle), None)
+            if queued is None:  # it is the request being answered: the 400 is its answer
+                self._refuse(msg)
+                return
+            self.pipeline.remove(queued)
+        elif cycle is None or cycle.response_complete:
+            self._refuse(msg)  # nothing is owed before it
+            return
+        # Requests before the refused one were applied or are being applied: the client is owed
+        # their answers, so the 400 goes after them.
+        self._refusal = msg
+        self.flow.pause_reading()
+
+    def on_response_complete(self) -> None:
+        last = not self.pipeline  # no request queued behind the one just answered
+        super().on_response_complete()
+        if self._refusal is not None and last:
+            self._refuse(self._refusal)
+
+    def _refuse(self, msg: str) -> None:
         self._answer(400, "malformed_request", f"the HTTP request could not be parsed: {msg}")
 
     def _arm_head_timer(self) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security.utils import get_authorization_scheme_param
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db.errors import CairnDBError, LeaseConflict
@@ -75,6 +76,23 @@ def _clean_errors(errors: Any) -> list[dict[str, Any]]:
     return cleaned[:50]
 
 
+async def _refusal(request: Request) -> StarletteHTTPException | CairnDBError | None:
+    """Why the gate would refuse ``request`` (401 / 403 / 429), if it would.
+
+    FastAPI reads a JSON body before it solves a route's dependencies, so a malformed body
+    would otherwise be answered 400 ahead of the missing token's 401: a caller without the
+    right token learns nothing but that it is refused."""
+    gate = getattr(request.app.state, "gate", None)
+    if gate is None or not gate.enabled or not request.url.path.startswith("/api/"):
+        return None
+    scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
+    try:
+        await gate.admit(request, token if scheme.lower() == "bearer" else None)
+    except (StarletteHTTPException, CairnDBError) as refused:
+        return refused
+    return None
+
+
 def install(app: FastAPI, on_conflict: Any = None) -> None:
     """Map every exception to problem+json. ``on_conflict`` is told of each LeaseConflict."""
 
@@ -95,6 +113,11 @@ def install(app: FastAPI, on_conflict: Any = None) -> None:
         errors = _clean_errors(exc.errors())
         body_errors = [e for e in errors if e["type"] in ("json_invalid", "model_attributes_type")]
         if body_errors and any(e["type"] == "json_invalid" for e in body_errors):
+            refused = await _refusal(request)
+            if isinstance(refused, CairnDBError):
+                return await domain_error(request, refused)
+            if refused is not None:
+                return await http_error(request, refused)
             return problem(
                 400,
                 "malformed_json",
@@ -121,6 +144,11 @@ def install(app: FastAPI, on_conflict: Any = None) -> None:
         }.get(exc.status_code, "http_error")
         detail: str = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "")
         if exc.status_code == 400 and "parsing the body" in detail:
+            refused = await _refusal(request)
+            if isinstance(refused, CairnDBError):
+                return await domain_error(request, refused)
+            if refused is not None:
+                return await http_error(request, refused)
             code = "malformed_json"
         return problem(
             exc.status_code,

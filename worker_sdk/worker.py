@@ -11,19 +11,19 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 import httpx
 
-from worker_sdk import calls, lean_http, outcome, verdicts
+from worker_sdk import calls, lean_http, verdicts
 from worker_sdk.client import build_headers, resolve_url
 from worker_sdk.context import Context, Task, parse_tasks, step_log_enabled
 from worker_sdk.errors import APIError, CairnError, HTTPError
 from worker_sdk.execution import action_table, call_sync, run_async_step, unregistered
 from worker_sdk.gc_tuning import tune_gc
 from worker_sdk.heartbeat import Heartbeater, Registration
+from worker_sdk.held import Held
 from worker_sdk.outcome import Outcome
 from worker_sdk.reporter import Reporter
 from worker_sdk.threads import StepThreads
@@ -36,28 +36,6 @@ POLL_HTTP_MARGIN_S = 10.0
 MIN_EMPTY_POLL_S = 0.1  # never re-poll faster than this after an empty answer
 POLL_LINGER_S = 0.005  # when busy, wait this long for more slots to free before polling
 MAX_CARRIED = 500  # results one poll carries at most (the server's default limit is 1,000)
-
-
-@dataclass(eq=False)
-class _Held:
-    task: Task
-    ctx: Context
-    spec: StepSpec | None
-    worker: Worker
-    future: asyncio.Task[None] | None = None  # an async step's task, or a one-by-one report's
-    ended: bool = False  # the step function returned or raised
-    unsettled: bool = False  # its result was handed to the reporter and has no verdict yet
-    dropped: bool = False  # cancelled/lost/shutdown: never report
-
-    def gave_up(self) -> bool:
-        return self.dropped
-
-    def ran(self, result: Outcome | None, exc: BaseException | None) -> None:
-        """A sync step's thread is done (on the loop)."""
-        if exc is not None:  # call_sync never raises; keep the slot accounting right anyway
-            result = outcome.from_exception(exc)
-        assert result is not None
-        self.worker._finished(self, result)
 
 
 class Worker:
@@ -103,7 +81,7 @@ class Worker:
         self._transport = transport
         self._async_transport = async_transport
         self._lock = threading.Lock()  # guards _held and the stop flags
-        self._held: dict[str, _Held] = {}
+        self._held: dict[str, Held] = {}
         self._running = 0  # steps claimed and not finished yet (loop thread only)
         self._unsettled = 0  # results handed to the reporter without a verdict yet (loop only)
         self._stop_requested = False
@@ -398,7 +376,7 @@ class Worker:
         wf_spec = self._actions.get(task.action)
         resolve = wf_spec[0].step_name if wf_spec else None
         spec = wf_spec[1] if wf_spec else None
-        held = _Held(task, Context(task, resolve_step=resolve), spec, self)
+        held = Held(task, Context(task, resolve_step=resolve), spec, self)
         with self._lock:
             self._held[task.step_run_id] = held
         self._running += 1
@@ -417,7 +395,7 @@ class Worker:
         assert self._threads is not None
         self._threads.submit(held.ran, call_sync, spec, held.ctx)
 
-    async def _execute_async(self, held: _Held, spec: StepSpec) -> None:
+    async def _execute_async(self, held: Held, spec: StepSpec) -> None:
         try:
             result = await run_async_step(spec, held.ctx, dropped=held.gave_up)
         except BaseException:
@@ -426,7 +404,7 @@ class Worker:
             raise
         self._finished(held, result)
 
-    def _ended(self, held: _Held) -> None:
+    def _ended(self, held: Held) -> None:
         """The step function is done: its slot is free, reported or not."""
         if not held.ended:
             held.ended = True
@@ -434,7 +412,7 @@ class Worker:
             if self._slot_freed is not None:
                 self._slot_freed.set()
 
-    def _forget(self, held: _Held) -> None:
+    def _forget(self, held: Held) -> None:
         """Nothing more to do for this step run (reported, refused or dropped)."""
         if held.unsettled:
             held.unsettled = False
@@ -448,7 +426,7 @@ class Worker:
         if empty and self._all_forgotten is not None:
             self._all_forgotten.set()
 
-    def _finished(self, held: _Held, result: Outcome) -> None:
+    def _finished(self, held: Held, result: Outcome) -> None:
         """On the loop: the step ended with ``result``; queue it for the next report."""
         self._ended(held)
         if held.dropped:
@@ -468,13 +446,13 @@ class Worker:
             lambda verdict: self._verdict(held, result, verdict),
         )
 
-    def _verdict(self, held: _Held, result: Outcome, verdict: dict[str, Any] | Exception) -> None:
+    def _verdict(self, held: Held, result: Outcome, verdict: dict[str, Any] | Exception) -> None:
         if verdicts.settled(verdict, result.kind, held.ctx, held.dropped):
             self._forget(held)
         else:  # the batch was refused as a whole: this result goes alone
             held.future = asyncio.create_task(self._send_alone(held, result))
 
-    async def _send_alone(self, held: _Held, result: Outcome) -> None:
+    async def _send_alone(self, held: Held, result: Outcome) -> None:
         assert self._ahttp is not None and self.registration is not None
         try:
             await verdicts.send_alone(
@@ -492,11 +470,11 @@ class Worker:
         with self._lock:
             return [k for k, h in self._held.items() if not h.dropped]
 
-    def _all_held(self) -> list[_Held]:
+    def _all_held(self) -> list[Held]:
         with self._lock:
             return list(self._held.values())
 
-    def _drop(self, held: _Held, reason: str) -> None:
+    def _drop(self, held: Held, reason: str) -> None:
         with self._lock:
             held.dropped = True
         held.ctx.mark_cancelled(reason)
@@ -514,6 +492,6 @@ class Worker:
                 self._loop.call_soon_threadsafe(self._cancel_future, held)
 
     @staticmethod
-    def _cancel_future(held: _Held) -> None:
+    def _cancel_future(held: Held) -> None:
         if held.future is not None and not held.future.done():
             held.future.cancel()

@@ -32,6 +32,26 @@ def exchange(url: str, data: bytes, wait: float = 10.0) -> tuple[float, int, dic
     return time.monotonic() - started, int(lines[0].split()[1]), headers, body
 
 
+def exchange_all(url: str, data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send raw bytes; read until the server closes; split the answers (Content-Length framed)."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80)) as s:
+        s.sendall(data)
+        s.settimeout(10)
+        stream = b""
+        while chunk := s.recv(65536):
+            stream += chunk
+    answers = []
+    while stream:
+        head, _, rest = stream.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        size = int(headers.get("content-length", "0"))
+        answers.append((int(lines[0].split()[1]), headers, rest[:size]))
+        stream = rest[size:]
+    return answers
+
+
 def assert_problem(headers: dict[str, str], body: bytes, status: int, code: str) -> None:
     assert headers["content-type"] == "application/problem+json"
     problem = json.loads(body)
@@ -50,6 +70,21 @@ def test_unparseable_and_stalled_requests_get_problem_json(server: Callable[...,
         _, status, headers, body = exchange(srv.url, garbage)
         assert status == 400, garbage
         assert_problem(headers, body, 400, "malformed_request")
+    # Requests pipelined before a refused one are answered, in order, before its 400.
+    trigger = json.dumps({"input": {}, "idempotency_key": "piped"}).encode()
+    piped = b"PUT /api/v1/workflows/p HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    piped += b'Content-Length: 27\r\n\r\n{"steps": [{"name": "s"}]}\n'
+    piped += b"POST /api/v1/workflows/p/runs HTTP/1.1\r\nHost: x\r\n"
+    piped += b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(trigger)
+    piped += trigger + b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n"
+    answers = exchange_all(srv.url, piped)
+    assert [a[0] for a in answers] == [201, 201, 400], answers
+    assert json.loads(answers[1][2])["status"] == "queued"
+    assert_problem(answers[2][1], answers[2][2], 400, "malformed_request")
+    bad_chunk = b"POST /api/v1/workflows/p/runs HTTP/1.1\r\nHost: x\r\n"
+    bad_chunk += b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"  # refused inside its body
+    answers = exchange_all(srv.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + bad_chunk)
+    assert [a[0] for a in answers] == [200, 400], answers
     # A body announced and never sent in full: 408 once its deadline passes, nothing created.
     announced = (
         b"POST /api/v1/workflows/w/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -113,6 +113,21 @@ async def test_missing_malformed_unknown_and_revoked_tokens_are_401(world: World
     ok(await a.viewer.get("/runs"))  # the other tokens live on
 
 
+async def test_the_token_is_checked_before_a_malformed_body(world: World) -> None:
+    """FastAPI parses a JSON body before it runs dependencies: without care a stranger would be
+    told 400 about the body instead of 401, and a viewer 400 instead of 403."""
+    a = await world.tenant("a")
+    json_type = {"Content-Type": "application/json"}
+
+    async def post_bad(client: httpx.AsyncClient, path: str, **headers: str) -> httpx.Response:
+        return await client.post(path, content=b"{", headers={**json_type, **headers})
+
+    unauthorized(await post_bad(world.anon, "/workflows/w/runs"))
+    unauthorized(await post_bad(world.anon, "/workers", Authorization="Bearer nope"))
+    problem(await post_bad(a.viewer, "/workflows/w/runs"), 403, "forbidden")
+    problem(await post_bad(a.admin, "/workflows/w/runs"), 400, "malformed_json")
+
+
 async def test_open_endpoints_need_no_token(world: World) -> None:
     client = httpx.AsyncClient(transport=world.transport, base_url="http://cairn")
     for path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):

@@ -216,3 +216,15 @@ async def test_integers_beyond_64_bits_read_back_exactly(api: Api) -> None:
     await api.complete(t, {"out": 2**70})
     got = await api.run(run["id"])
     assert got["input"] == big and got["steps"][0]["output"] == {"out": 2**70}
+
+
+async def test_a_trailing_slash_is_answered_not_redirected(api: Api) -> None:
+    """A 307 would send the client to an address built from its ``Host`` header, and a client
+    that does not follow redirects would get nothing."""
+    await api.register("w", [{"name": "s"}])
+    run = await api.json("POST", "/workflows/w/runs/", 201, json={"input": {"k": 1}})
+    assert (await api.json("GET", f"/runs/{run['id']}/"))["input"] == {"k": 1}
+    assert [r["id"] for r in (await api.json("GET", "/runs/"))["runs"]] == [run["id"]]
+    _problem(await api.call("GET", "/nowhere/"), 404)
+    health = await api.client.get("/healthz//")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
