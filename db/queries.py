@@ -40,7 +40,13 @@ RUN_FROM = """runs LEFT JOIN LATERAL (
   WHERE runs.status = 'queued' AND s.run_id = runs.id
 ) f ON true"""
 
-RUN_STATUS = "CASE WHEN f.first_start IS NOT NULL THEN 'running' ELSE runs.status END"
+# ``runs.status = 'queued'`` again, although the lateral is empty otherwise: under ``FOR UPDATE``
+# a row changed while the lock was awaited is read again, its lateral is not, and a run that
+# finished meanwhile must read as finished, not as the 'running' of the stale lateral.
+RUN_STATUS = (
+    "CASE WHEN runs.status = 'queued' AND f.first_start IS NOT NULL THEN 'running' "
+    "ELSE runs.status END"
+)
 
 RUN_COLUMNS = f"""runs.id, runs.workflow_name, runs.version, {RUN_STATUS} AS status, runs.input,
   runs.idempotency_key, runs.error, runs.created_at,

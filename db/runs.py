@@ -312,8 +312,8 @@ async def cancel(
     if run.status in ("succeeded", "failed"):
         raise InvalidState(f"run {run_id} already {run.status}; nothing to cancel")
     if run.status != "cancelled":
-        await conn.execute(Q.CANCEL_RUN, {"tenant": tenant, "id": run_id, "now": now})
-        effects.run_statuses["cancelled"] += 1
+        if (await conn.execute(Q.CANCEL_RUN, {"tenant": tenant, "id": run_id, "now": now})).first():
+            effects.run_statuses["cancelled"] += 1
         for (status,) in await conn.execute(Q.CANCEL_OPEN_STEPS, {"run": run_id, "now": now}):
             if status == "cancelled":
                 effects.step_statuses["cancelled"] += 1
