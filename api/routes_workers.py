@@ -163,7 +163,7 @@ async def poll(
             alone = await svc.statement(claim_alone)
             if alone is not None:
                 return alone
-        elif not batch.failures:  # completions only: one call (db/poll_fn.py), usually
+        elif batch.simple:  # completions only: one call (db/poll_fn.py), usually
             done = await svc.statement(completing)
             if done is not None:
                 return done

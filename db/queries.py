@@ -67,8 +67,11 @@ WHERE id = :run AND status = 'queued'
 
 # --- cancellation and replay ---------------------------------------------------------------------
 
+# A run's started_at is its first step's start; a run that never started has none.
 CANCEL_RUN = q("""
-UPDATE runs SET status = 'cancelled', finished_at = {NOW}
+UPDATE runs SET status = 'cancelled', finished_at = {NOW},
+  started_at = COALESCE(started_at, (SELECT min(s.started_at) FROM step_runs s
+                                     WHERE s.run_id = runs.id))
 WHERE tenant_id = :tenant AND id = :id AND status IN ('queued', 'running')
 RETURNING id
 """)
@@ -96,10 +99,14 @@ WHERE run_id = :run AND status IN ('failed', 'cancelled', 'skipped')
 RETURNING step_name
 """)
 
+# Replayed, a run is running again if it had started (its started_at is kept), else queued.
 REPLAY_START_RUN = q("""
-UPDATE runs SET status = 'running', finished_at = NULL, error = NULL,
-  started_at = COALESCE(started_at, {NOW})
-WHERE id = :run
+UPDATE runs SET finished_at = NULL, error = NULL,
+  started_at = COALESCE(runs.started_at, f.first_start),
+  status = CASE WHEN COALESCE(runs.started_at, f.first_start) IS NULL THEN 'queued'
+                ELSE 'running' END
+FROM (SELECT min(s.started_at) AS first_start FROM step_runs s WHERE s.run_id = :run) f
+WHERE runs.id = :run
 """)
 
 # --- transitions shared by complete, fail and the reaper ------------------------------------------
@@ -154,7 +161,8 @@ agg AS (
     status = CASE WHEN agg.open > 0 THEN 'running'
                   WHEN agg.failed > 0 THEN 'failed' ELSE 'succeeded' END,
     finished_at = CASE WHEN agg.open > 0 THEN NULL ELSE {NOW} END,
-    started_at = COALESCE(runs.started_at, agg.first_start, {NOW}),
+    started_at = COALESCE(runs.started_at, agg.first_start,
+                          CASE WHEN agg.open > 0 THEN {NOW} END),  -- finished unstarted: none
     error = CASE WHEN agg.open = 0 AND agg.failed > 0 THEN (
       SELECT jsonb_build_object('step', f.step_name, 'error', f.error) FROM step_runs f
       WHERE f.run_id = agg.run_id AND f.status = 'failed' AND NOT f.is_on_failure

@@ -345,6 +345,6 @@ async def replay(
         handler = definition.definition["on_failure"]
         retries[handler["name"]] = handler["retries"]
     await conn.execute(Q.REPLAY_RESET_STEPS, {"run": run_id, "retries": json.dumps(retries)})
-    await conn.execute(Q.REPLAY_START_RUN, {"run": run_id, "now": now})
+    await conn.execute(Q.REPLAY_START_RUN, {"run": run_id})
     await transitions.promote_children(conn, [run_id], effects, now)
     return await get(conn, tenant, run_id)

@@ -184,3 +184,44 @@ async def test_a_task_is_rendered_whole_and_its_times_in_utc_whatever_the_db_tim
             [b] = await api.poll(w)
             assert b["step"] == "b" and b["parents"] == {"a": {"out": [1, 2.5, "é"]}}
             assert b["input"] == payload
+
+
+async def test_two_results_for_one_step_run_in_a_batch_apply_in_their_order(api: Api) -> None:
+    """As if sent one by one: the first applies, a later one is refused and counted."""
+    await api.register("twice", [{"name": "s", "retries": 2}])
+    await api.json("POST", "/workflows/twice/runs/bulk", 201, json={"runs": [{}] * 3})
+    w = await api.worker(["twice.s"])
+    t = await api.poll(w, max_tasks=3)
+    fail = {"error": {"type": "Boom", "message": "x"}, "retryable": False}
+    # Through the results endpoint: a failure, then a completion of the same step run.
+    answer = await api.json(
+        "POST", "/step-runs/results", json={"results": [result(t[0], **fail), result(t[0], 9)]}
+    )
+    assert [(o["status"], o["code"]) for o in answer["results"]] == [
+        ("failed", None),
+        ("rejected", "already_finished"),
+    ]
+    assert (await api.run(t[0]["run_id"]))["status"] == "failed"
+    # Carried by a poll: completions only, the same output twice (benign), then a different one.
+    items = [result(t[1], 1), result(t[2], 2), result(t[1], 1), result(t[1], 3)]
+    out = await poll(api, w, max_tasks=1, wait_s=0, results=items)
+    assert [(o["step_run_id"], o["status"], o["conflicting"]) for o in out["results"]] == [
+        (t[1]["step_run_id"], "succeeded", None),
+        (t[2]["step_run_id"], "succeeded", None),
+        (t[1]["step_run_id"], "rejected", False),
+        (t[1]["step_run_id"], "rejected", True),
+    ]
+    assert (await api.run(t[1]["run_id"]))["steps"][0]["output"] == 1
+    assert (await api.run(t[2]["run_id"]))["steps"][0]["output"] == 2
+    assert (
+        await api.metric(
+            "cairn_duplicate_completions_total", reason="already_finished", conflicting="true"
+        )
+        == 2
+    )
+    assert (
+        await api.metric(
+            "cairn_duplicate_completions_total", reason="already_finished", conflicting="false"
+        )
+        == 1
+    )

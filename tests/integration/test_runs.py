@@ -358,3 +358,29 @@ async def test_a_runs_completion_is_a_hot_update(api: Api) -> None:
     assert {r["status"] for r in (await api.json("GET", "/runs?workflow=hot"))["runs"]} == {
         "succeeded"
     }
+
+
+async def test_a_runs_started_at_is_its_first_steps_start_whatever_ends_it(api: Api) -> None:
+    """Cancelled after a claim: started when its step started. Never claimed: never started,
+    whether cancelled or failed by a schedule timeout; replayed, it is queued, not running."""
+    await api.register("sa", [{"name": "s", "schedule_timeout_s": 5}])
+    claimed, unclaimed, expired = [await api.trigger("sa") for _ in range(3)]
+    w = await api.worker(["sa.s"])
+    [task] = await api.poll(w, max_tasks=1)
+    assert task["run_id"] == claimed["id"]
+    step_start = (await api.run(claimed["id"]))["steps"][0]["started_at"]
+    cancelled = await api.json("POST", f"/runs/{claimed['id']}/cancel", 202)
+    assert cancelled["status"] == "cancelled" and cancelled["started_at"] == step_start
+    assert (await api.run(claimed["id"]))["started_at"] == step_start
+
+    never = await api.json("POST", f"/runs/{unclaimed['id']}/cancel", 202)
+    assert never["status"] == "cancelled" and never["started_at"] is None
+    again = await api.json("POST", f"/runs/{unclaimed['id']}/replay", 202)
+    assert again["status"] == "queued" and again["started_at"] is None
+
+    await api.reap(ahead_s=6)  # the third run's step was never claimed: schedule timeout
+    failed = await api.run(expired["id"])
+    assert failed["status"] == "failed" and failed["started_at"] is None
+
+    resumed = await api.json("POST", f"/runs/{claimed['id']}/replay", 202)
+    assert resumed["status"] == "running" and resumed["started_at"] == step_start
