@@ -40,7 +40,9 @@ async def _reap_one(
     ).first()
     if step is None:
         return False
-    if step.cancel_due or (step.cancel_requested_at is not None and step.lease_due):
+    # A step whose run was cancelled is never retried: a lost lease or a timeout ends it too.
+    flagged = step.cancel_requested_at is not None
+    if step.cancel_due or (flagged and (step.lease_due or step.timeout_due)):
         await transitions.cancel_running(conn, step, effects, now)
     elif step.lease_due:
         effects.lease_expirations += 1

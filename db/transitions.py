@@ -38,10 +38,19 @@ def dump_error(error: dict[str, Any] | None) -> str | None:
 
 
 async def close_attempt(
-    conn: Conn, step: Any, outcome: str, error: dict[str, Any] | None, now: datetime | None
+    conn: Conn,
+    step: Any,
+    outcome: str,
+    error: dict[str, Any] | None,
+    now: datetime | None,
+    effects: Effects | None = None,
 ) -> None:
     """Record how the attempt ``step`` (a running step run: id, lease_token) ended, before the
-    step run itself changes."""
+    step run itself changes; its ``duration``, when the row has one, goes to ``effects``
+    (``cairn_step_duration_seconds``: every attempt, cancelled and released ones too)."""
+    duration = getattr(step, "duration", None)
+    if effects is not None and duration is not None:
+        effects.step_durations.append(float(duration))
     await conn.execute(
         Q.CLOSE_ATTEMPT,
         {
@@ -147,9 +156,7 @@ async def fail_attempt(
     have had effects the worker did not report (lease loss, timeout): an ``at_most_once`` step is
     then never re-run. Returns the step run's new status.
     """
-    await close_attempt(conn, step, outcome, error, now)
-    if step.duration is not None:
-        effects.step_durations.append(float(step.duration))
+    await close_attempt(conn, step, outcome, error, now, effects)
     at_most_once = step.delivery == "at_most_once"
     can_retry = retryable and step.attempt < step.max_attempts
     if can_retry and not (at_most_once and not reexecution_safe):
@@ -194,7 +201,7 @@ async def fail_attempt(
 
 async def cancel_running(conn: Conn, step: Any, effects: Effects, now: datetime | None) -> None:
     """Revoke the lease of a running step run whose run was cancelled."""
-    await close_attempt(conn, step, "cancelled", None, now)
+    await close_attempt(conn, step, "cancelled", None, now, effects)
     await conn.execute(Q.CANCEL_STEP, {"id": step.id, "now": now})
     effects.step_statuses["cancelled"] += 1
     await settle_run(conn, str(step.run_id), effects, now)
@@ -216,7 +223,7 @@ async def release_running(conn: Conn, step: Any, effects: Effects, now: datetime
             now=now,
         )
         return
-    await close_attempt(conn, step, "released", None, now)
+    await close_attempt(conn, step, "released", None, now, effects)
     await conn.execute(Q.START_RUN, {"run": str(step.run_id), "now": now})
     rows = (
         await conn.execute(

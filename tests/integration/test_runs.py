@@ -384,3 +384,21 @@ async def test_a_runs_started_at_is_its_first_steps_start_whatever_ends_it(api: 
 
     resumed = await api.json("POST", f"/runs/{claimed['id']}/replay", 202)
     assert resumed["status"] == "running" and resumed["started_at"] == step_start
+
+
+async def test_a_cancelled_runs_step_that_times_out_is_cancelled_not_retried(api: Api) -> None:
+    """Its execution timeout comes before the cancel's grace: the step ends cancelled, is
+    never queued again nor handed out, and its attempt is timed like any other."""
+    assert api.svc.settings.cancel_grace_s > 3
+    await api.register("ct", [{"name": "a", "timeout_s": 2, "retries": 3}])
+    run = await api.trigger("ct")
+    w = await api.worker(["ct.a"], lease_timeout_s=600)
+    [a] = await api.poll(w)
+    await api.call("POST", f"/runs/{run['id']}/cancel", 202)
+    await api.reap(ahead_s=3)
+    step = (await api.run(run["id"]))["steps"][0]
+    assert step["status"] == "cancelled" and step["attempt"] == 1
+    assert [x["outcome"] for x in step["attempts"]] == ["cancelled"]
+    assert await api.poll(w) == []
+    assert await api.metric("cairn_retries_total") == 0
+    assert await api.metric("cairn_step_duration_seconds_count") == 1
