@@ -16,6 +16,7 @@ from worker_sdk.worker import Worker
 from worker_sdk.workflow import Workflow
 
 log = logging.getLogger("cairn.worker")
+WORKER_FLAGS = ("url", "slots", "name", "token", "shutdown_grace")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,11 +65,7 @@ def load_target(spec: str) -> Any:
 
 def build_worker(target: Any, args: argparse.Namespace) -> Worker:
     if isinstance(target, Worker):
-        given = ("url", "slots", "name", "token", "shutdown_grace")
-        ignored = [f"--{k.replace('_', '-')}" for k in given if getattr(args, k) is not None]
-        if ignored:
-            log.warning("target is a ready Worker; ignoring %s", ", ".join(ignored))
-        return target
+        return override(target, args)
     if isinstance(target, Workflow):
         workflows = [target]
     elif (
@@ -87,6 +84,27 @@ def build_worker(target: Any, args: argparse.Namespace) -> Worker:
         token=args.token or os.environ.get("CAIRN_TOKEN") or None,
         **options,
     )
+
+
+def override(worker: Worker, args: argparse.Namespace) -> Worker:
+    """A ready ``Worker`` (``shop:worker``) with what the command line sets on top: the flags
+    win over the arguments it was built with, as they would for a Workflow target."""
+    if args.slots is not None and args.slots < 1:
+        raise CairnError("--slots must be >= 1")
+    given = [f"--{k.replace('_', '-')}" for k in WORKER_FLAGS if getattr(args, k) is not None]
+    if args.url is not None:
+        worker.url = resolve_url(args.url)
+    if args.slots is not None:
+        worker.slots = args.slots
+    if args.name is not None:
+        worker.name = args.name
+    if args.shutdown_grace is not None:
+        worker.shutdown_grace_s = args.shutdown_grace
+    if args.token is not None:
+        worker.use_token(args.token)
+    if given:
+        log.info("worker %s: %s from the command line", worker.name, ", ".join(given))
+    return worker
 
 
 def main(argv: Sequence[str] | None = None) -> int:

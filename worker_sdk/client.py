@@ -28,9 +28,15 @@ def resolve_url(url: str | None) -> str:
 
 
 def build_headers(headers: Mapping[str, str] | None, token: str | None) -> dict[str, str]:
+    """The headers of every request: ``token``, else ``$CAIRN_TOKEN`` unless ``headers`` carry
+    an ``Authorization`` of their own (as ``$CAIRN_URL`` is the default URL)."""
     out = {"user-agent": USER_AGENT, "accept": "application/json"}
     out.update(headers or {})
+    own = any(name.lower() == "authorization" for name in out)
+    token = token or (None if own else os.environ.get("CAIRN_TOKEN"))
     if token:
+        for name in [n for n in out if n.lower() == "authorization"]:
+            del out[name]
         out["authorization"] = f"Bearer {token}"
     return out
 

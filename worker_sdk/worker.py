@@ -96,6 +96,10 @@ class Worker:
         self._reporter: Reporter | None = None
         self.registration: Registration | None = None
 
+    def use_token(self, token: str) -> None:
+        """Authenticate with ``token`` from now on (before ``run()``)."""
+        self._headers = build_headers(self._headers, token)
+
     @property
     def actions(self) -> list[str]:
         return sorted(self._actions)

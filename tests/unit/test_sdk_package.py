@@ -12,6 +12,7 @@ import pytest
 import worker_sdk
 from worker_sdk import CairnError, Worker, Workflow
 from worker_sdk.cli import build_parser, build_worker, load_target, main
+from worker_sdk.client import build_headers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,7 +68,26 @@ def test_cli_builds_a_worker_from_a_workflow(
     assert worker.actions == ["w.s"]
     assert worker._headers["authorization"] == "Bearer tok"
     ready = build_worker(load_target("cairn_test_target:worker"), args)
-    assert ready is target_module.worker
+    assert ready is target_module.worker  # the flags win over what the file built it with
+    assert ready.slots == 7 and ready.shutdown_grace_s == 2.5 and ready.url == "http://x"
+    flagged = build_parser().parse_args(
+        ["cairn_test_target:worker", "--url", "http://y:1/", "--token", "t2", "--name", "n"]
+    )
+    ready = build_worker(load_target("cairn_test_target:worker"), flagged)
+    assert ready.url == "http://y:1" and ready.name == "n"
+    assert ready._headers["authorization"] == "Bearer t2"
+    with pytest.raises(CairnError, match="slots"):
+        build_worker(ready, build_parser().parse_args(["x:y", "--slots", "0"]))
+
+
+def test_the_token_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAIRN_TOKEN", "from-env")
+    assert build_headers(None, None)["authorization"] == "Bearer from-env"
+    assert build_headers(None, "given")["authorization"] == "Bearer given"
+    own = build_headers({"Authorization": "Bearer mine"}, None)
+    assert [v for k, v in own.items() if k.lower() == "authorization"] == ["Bearer mine"]
+    monkeypatch.delenv("CAIRN_TOKEN")
+    assert "authorization" not in build_headers(None, None)
 
 
 def test_cli_rejects_bad_targets(target_module: types.ModuleType) -> None:
