@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
@@ -273,7 +274,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit=settings.max_body_bytes,
         timeout_s=settings.request_body_timeout_s,
     )
-    app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
+    routes = [*runs_router.routes, *workers_router.routes]
+    routes += [r for r in app.router.routes if isinstance(r, APIRoute)]
+    app.add_middleware(HTTPMetricsMiddleware, metrics=metrics, routes=routes)
     return app
 
 

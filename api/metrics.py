@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db.errors import LeaseConflict
@@ -232,9 +233,10 @@ class Metrics:
 class HTTPMetricsMiddleware:
     """Counts requests and their latency by route template (not raw path: bounded labels)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.metrics = metrics
+        self.routes = list(routes)  # for answers given before routing (``route_template``)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -248,11 +250,31 @@ class HTTPMetricsMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
+        method = scope.get("method", "GET")
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             route: Any = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "GET")
+            template = getattr(route, "path", None) or route_template(scope, self.routes)
             self.metrics.http_requests.labels(method, template, str(status["code"])).inc()
             self.metrics.http_latency.labels(method, template).observe(time.perf_counter() - start)
+
+
+def route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
+    """The template of the route a request was for when the router did not say (an answer
+    given before routing, such as 413 or 408, or a request a middleware rewrote: ``HEAD``, a
+    trailing slash); ``unmatched`` when none of ``routes`` has its path."""
+    method = scope.get("method", "GET")
+    probe = {
+        **scope,
+        "method": "GET" if method == "HEAD" else method,
+        "path": scope.get("path", "").rstrip("/") or "/",
+    }
+    partial = None
+    for candidate in routes:
+        match, _ = candidate.matches(probe)
+        if match is Match.FULL:
+            return str(getattr(candidate, "path", "unmatched"))
+        if match is Match.PARTIAL and partial is None:
+            partial = str(getattr(candidate, "path", "unmatched"))  # another method's (405)
+    return partial or "unmatched"

@@ -228,3 +228,24 @@ async def test_a_trailing_slash_is_answered_not_redirected(api: Api) -> None:
     _problem(await api.call("GET", "/nowhere/"), 404)
     health = await api.client.get("/healthz//")
     assert health.status_code == 200 and health.json() == {"status": "ok"}
+
+
+async def test_answers_given_before_routing_are_counted_under_their_route(api: Api) -> None:
+    """413 from the body limit, HEAD and a trailing slash (answered through a rewritten scope):
+    each is counted under its route's template; only a path no route has is ``unmatched``."""
+    await api.register("w", [{"name": "s"}])
+    big = b'{"input": "' + b"x" * (api.svc.settings.max_body_bytes + 1) + b'"}'
+    headers = {"content-type": "application/json"}
+    _problem(await api.call("POST", "/workflows/w/runs", content=big, headers=headers), 413)
+    await api.call("HEAD", "/runs", 200)
+    await api.call("GET", "/runs/", 200)
+    await api.call("GET", "/nowhere", 404)
+
+    async def count(method: str, route: str, status: str) -> float:
+        labels = {"method": method, "route": route, "status": status}
+        return await api.metric("cairn_http_requests_total", **labels)
+
+    assert await count("POST", "/api/v1/workflows/{name}/runs", "413") == 1
+    assert await count("HEAD", "/api/v1/runs", "200") == 1
+    assert await count("GET", "/api/v1/runs", "200") == 1
+    assert await count("GET", "unmatched", "404") == 1
