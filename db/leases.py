@@ -397,6 +397,7 @@ async def held_by(conn: Conn, worker_id: str) -> list[tuple[str, str]]:
 
 
 async def deregister(conn: Conn, tenant: str, worker_id: str, now: datetime | None = None) -> None:
+    await conn.execute(Q.LOCK_WORKER_CLAIMS, {"worker": worker_id})
     row = (
         await conn.execute(Q.DEREGISTER_WORKER, {"tenant": tenant, "worker": worker_id, "now": now})
     ).first()

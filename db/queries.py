@@ -250,6 +250,12 @@ WITH w AS (
 SELECT lease_timeout_s FROM w
 """)
 
+# The worker's claim lock first (``cairn_free_slots``, migrations 0014 and 0015): a claim of its
+# in flight commits before the leases are listed, or finds the worker deregistered.
+LOCK_WORKER_CLAIMS = q(
+    "SELECT pg_advisory_xact_lock(1129468465, hashtext(CAST(CAST(:worker AS uuid) AS text)))"
+)
+
 DEREGISTER_WORKER = q("""
 UPDATE workers SET deregistered_at = {NOW}
 WHERE tenant_id = :tenant AND id = :worker AND deregistered_at IS NULL
