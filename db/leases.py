@@ -67,14 +67,12 @@ async def _deliver_cancellations(
 ) -> list[str]:
     if not ids:
         return []
-    told = [
-        r[0]
-        for r in await conn.execute(
-            Q.DELIVER_CANCELLATIONS, {"ids": ids, "worker": worker_id, "now": now}
-        )
-    ]
-    effects.step_statuses["cancelled"] += len(told)
-    return told
+    rows = (
+        await conn.execute(Q.DELIVER_CANCELLATIONS, {"ids": ids, "worker": worker_id, "now": now})
+    ).all()
+    effects.step_statuses["cancelled"] += len(rows)
+    effects.step_durations.extend(float(r[1]) for r in rows if r[1] is not None)
+    return [r[0] for r in rows]
 
 
 async def _claim(

@@ -418,7 +418,8 @@ WITH held AS (
   SELECT tenant_id, id, attempt, worker_id, lease_token, started_at, {{NOW}}, 'cancelled', NULL
   FROM held
 )
-SELECT id::text FROM told
+SELECT told.id::text, EXTRACT(EPOCH FROM ({{NOW}} - held.started_at)) AS duration
+FROM told JOIN held ON held.id = told.id
 """)
 
 # The step runs a heartbeat neither renewed nor told cancelled. ``held``: still this worker's,

@@ -332,10 +332,10 @@ async def replay(
     # Steps still running under a cancel flag are finished as cancelled first.
     flagged = await conn.execute(
         text(
-            "SELECT id, run_id, lease_token FROM step_runs WHERE run_id = :run "
-            "AND status = 'running' FOR UPDATE"
+            f"SELECT id, run_id, lease_token, EXTRACT(EPOCH FROM ({Q.NOW} - started_at))"
+            " AS duration FROM step_runs WHERE run_id = :run AND status = 'running' FOR UPDATE"
         ),
-        {"run": run_id},
+        {"run": run_id, "now": now},
     )
     for step in flagged.all():
         await transitions.cancel_running(conn, step, effects, now)

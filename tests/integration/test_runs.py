@@ -402,3 +402,27 @@ async def test_a_cancelled_runs_step_that_times_out_is_cancelled_not_retried(api
     assert await api.poll(w) == []
     assert await api.metric("cairn_retries_total") == 0
     assert await api.metric("cairn_step_duration_seconds_count") == 1
+
+
+async def test_every_cancelled_attempt_is_timed(api: Api) -> None:
+    """``cairn_step_duration_seconds`` counts one per ended attempt: cancellations delivered by
+    heartbeat, by poll, and finished by a replay included."""
+    await api.register("ta", [{"name": "a"}])
+    runs = [await api.trigger("ta") for _ in range(3)]
+    w = await api.worker(["ta.a"], slots=1)
+    held = []
+    for run in runs:  # one at a time: the one slot is freed by each cancellation
+        [task] = await api.poll(w)
+        held.append(task)
+        await api.call("POST", f"/runs/{run['id']}/cancel", 202)
+        if len(held) == 1:
+            beat = {"step_run_ids": [task["step_run_id"]]}
+            hb = await api.json("POST", f"/workers/{w}/heartbeat", json=beat)
+            assert hb["step_runs"][task["step_run_id"]] == "cancelled"
+        elif len(held) == 2:
+            continue  # the next poll delivers it, then claims the third run
+        else:
+            await api.json("POST", f"/runs/{run['id']}/replay", 202)
+    attempts = [(await api.run(r["id"]))["steps"][0]["attempts"] for r in runs]
+    assert [[a["outcome"] for a in x] for x in attempts] == [["cancelled"]] * 3
+    assert await api.metric("cairn_step_duration_seconds_count") == 3
