@@ -36,7 +36,7 @@ class RetryAfter(CairnError):
     """Raise from a step to fail this attempt and ask for the next one after ``seconds``."""
 
     def __init__(self, seconds: float, message: str = "") -> None:
-        if seconds < 0:
+        if not seconds >= 0:  # NaN too
             raise ValueError("RetryAfter seconds must be >= 0")
         super().__init__(message or f"retry after {seconds:g}s")
         self.seconds = float(seconds)

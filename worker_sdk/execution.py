@@ -62,7 +62,7 @@ async def run_async_step(
         if dropped() or (current is not None and current.cancelling()):
             raise
         return outcome.from_exception(exc)  # raised by the step's own code
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit in a step must not stop the worker (as call_sync)
         ctx.log.warning("step raised %s", type(exc).__name__, exc_info=exc)
         return outcome.from_exception(exc)
     return outcome.from_result(value)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from worker_sdk.errors import NonRetryableError, RetryAfter
 
 MAX_ERROR_MESSAGE_BYTES = 8 * 1024
+MAX_RETRY_AFTER_S = 86_400.0  # the server's bound on retry_after_s
 TRUNCATED = "... [truncated]"
 
 
@@ -58,12 +60,15 @@ def fail(
     retryable: bool = True,
     retry_after_s: float | None = None,
 ) -> Outcome:
+    # Postgres text cannot hold NUL: the server refuses it (422), so it goes as U+FFFD.
+    error_type, message = error_type.replace("\x00", "\ufffd"), message.replace("\x00", "\ufffd")
     body: dict[str, Any] = {
         "error": {"type": truncate_utf8(error_type, 200), "message": truncate_utf8(message)},
         "retryable": retryable,
     }
-    if retry_after_s is not None:
-        body["retry_after_s"] = retry_after_s
+    if retry_after_s is not None and not math.isnan(retry_after_s):
+        # The server takes 0 to one day (beyond: 422, which would leave the lease to expire).
+        body["retry_after_s"] = min(max(float(retry_after_s), 0.0), MAX_RETRY_AFTER_S)
     return Outcome("fail", body)
 
 

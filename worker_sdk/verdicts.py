@@ -16,6 +16,8 @@ from worker_sdk.outcome import Outcome
 from worker_sdk.reporter import SEND_ONE_BY_ONE
 from worker_sdk.transport import RetryPolicy, asend
 
+FAILURE_REJECTED = "FailureRejected"
+
 
 def settled(verdict: dict[str, Any] | Exception, kind: str, ctx: Context, dropped: bool) -> bool:
     """Log the verdict on a batched result; False when it must be sent alone (``send_alone``)."""
@@ -68,6 +70,18 @@ async def send_alone(
             ctx.log.error("server rejected the step output: %s", exc)
             rejected = outcome.fail("OutputRejected", str(exc), retryable=False)
             await send_alone(http, ctx, rejected, deadline_s=deadline_s, give_up=give_up)
+        elif exc.status in (413, 422) and result.body["error"]["type"] != FAILURE_REJECTED:
+            # The failure itself is refused: report one the server takes, not nothing (which
+            # would leave the step running until its lease expires, its error lost).
+            ctx.log.error("server rejected the step's failure: %s", exc)
+            error = result.body["error"]
+            plain = outcome.fail(
+                FAILURE_REJECTED,
+                f"{str(error.get('type'))[:200]}: {str(error.get('message'))[:2000]}"
+                f" (refused by the server as sent: {exc})",
+                retryable=result.retryable,
+            )
+            await send_alone(http, ctx, plain, deadline_s=deadline_s, give_up=give_up)
         else:
             ctx.log.error("could not report %s: %s", result.kind, exc)
         return

@@ -75,3 +75,20 @@ def test_report_call_paths() -> None:
     failed = calls.report("sr1", "tok", from_exception(RetryAfter(1)))
     assert failed.path == "/api/v1/step-runs/sr1/fail"
     assert failed.body is not None and json.loads(failed.body)["lease_token"] == "tok"
+
+
+def test_a_failure_is_always_one_the_server_takes() -> None:
+    """NUL in an error, or a retry delay beyond the server's bounds, was refused (422) and the
+    step left to its lease's expiry."""
+    out = from_exception(ValueError("bad\x00byte"))
+    assert out.body["error"]["message"] == "bad\ufffdbyte"
+    typed = from_exception(NonRetryableError("x", error_type="Nul\x00Type"))
+    assert typed.body["error"]["type"] == "Nul\ufffdType"
+    assert from_exception(RetryAfter(10**9)).body["retry_after_s"] == 86_400
+    assert from_exception(RetryAfter(math.inf)).body["retry_after_s"] == 86_400
+    for bad in (math.nan, -1):
+        try:
+            RetryAfter(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"RetryAfter({bad}) accepted")

@@ -491,3 +491,36 @@ async def test_a_running_worker_tunes_the_gc_unless_told_not_to() -> None:
         gc.set_threshold(*before)
     with pytest.raises(CairnError):
         Worker("http://x", workflows=[wf], gc_threshold=-1)
+
+
+async def test_an_async_step_raising_systemexit_fails_and_the_worker_carries_on() -> None:
+    """As for sync steps: SystemExit or KeyboardInterrupt from a step's code is its failure,
+    not the worker's exit (else every worker that claims the step would stop)."""
+    wf = Workflow("exits")
+
+    @wf.step
+    async def leave(ctx: Context) -> None:
+        raise SystemExit(3)
+
+    @wf.step
+    async def interrupt(ctx: Context) -> None:
+        raise KeyboardInterrupt
+
+    @wf.step
+    async def fine(ctx: Context) -> str:
+        return "ok"
+
+    server = FakeServer()
+    server.add_task("1", "exits.leave")
+    server.add_task("2", "exits.interrupt")
+    server.add_task("3", "exits.fine")
+    worker = make_worker(server, [wf])
+    runner = asyncio.create_task(worker.arun())
+    await until(lambda: len(server.reports) == 3)
+    worker.stop()
+    await asyncio.wait_for(runner, 5)
+    got = {sr: (kind, body) for sr, kind, body in server.reports}
+    assert got["1"][0] == "fail" and got["1"][1]["error"]["type"] == "SystemExit"
+    assert got["2"][0] == "fail" and got["2"][1]["error"]["type"] == "KeyboardInterrupt"
+    assert got["1"][1]["retryable"] is True
+    assert got["3"] == ("complete", {"lease_token": "lease-3", "output": "ok"})
