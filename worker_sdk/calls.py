@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from worker_sdk.errors import InvalidArgument
 from worker_sdk.outcome import Outcome, encode_json
 
 PREFIX = "/api/v1"
@@ -24,11 +25,16 @@ class Call:
 
 
 def _seg(value: str) -> str:
+    if not str(value):
+        raise InvalidArgument("an id or name in a request path must not be empty")
     return quote(str(value), safe="")
 
 
 def _json(value: Any) -> bytes:
-    return encode_json(value)
+    try:
+        return encode_json(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidArgument(f"the request body is not JSON: {exc}") from exc
 
 
 def put_workflow(name: str, definition: Mapping[str, Any]) -> Call:
@@ -75,7 +81,7 @@ def trigger_many(
 ) -> Call:
     keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(inputs)
     if len(keys) != len(inputs):
-        raise ValueError("idempotency_keys must match inputs one to one")
+        raise InvalidArgument("idempotency_keys must match inputs one to one")
     runs = [
         {"input": item, **({"idempotency_key": key} if key is not None else {})}
         for item, key in zip(inputs, keys, strict=True)

@@ -14,6 +14,11 @@ class DefinitionError(CairnError, ValueError):
     """A workflow definition is invalid (found locally, before talking to the server)."""
 
 
+class InvalidArgument(CairnError, ValueError):
+    """A client call's argument cannot make a request (input that is not JSON, an empty id),
+    found before anything is sent."""
+
+
 class ParentNotFoundError(CairnError, KeyError):
     """``ctx.parent_output()`` was asked for a step that is not a parent of this step."""
 

@@ -125,3 +125,17 @@ def test_url_defaults_to_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CAIRN_URL")
     with Client() as client:
         assert client.url == "http://127.0.0.1:8080"
+
+
+def test_arguments_that_cannot_make_a_request_raise_invalid_argument() -> None:
+    from worker_sdk import CairnError, InvalidArgument
+    from worker_sdk import calls as c
+
+    for bad in ({1, 2}, b"bytes", float("nan")):
+        with pytest.raises(InvalidArgument):
+            c.trigger("w", bad)
+    with pytest.raises(InvalidArgument, match="empty"):
+        c.get_run("")
+    with pytest.raises(InvalidArgument):
+        c.trigger_many("w", [1, 2], idempotency_keys=["a"])
+    assert issubclass(InvalidArgument, CairnError) and issubclass(InvalidArgument, ValueError)
