@@ -239,6 +239,15 @@ async def _conflict(
         return LeaseConflict(
             "cancelled", "the run was cancelled", conflicting=True, reason="cancelled"
         )
+    if row.token_outcome in ("lease_expired", "released", "timed_out"):
+        # The holder's attempt was ended for it (its lease ran out, its worker gave it back,
+        # its timeout passed), whatever became of the step run since: its lease is lost.
+        return LeaseConflict(
+            "lease_lost",
+            f"the lease of that attempt ended ({row.token_outcome})",
+            conflicting=True,
+            reason="lease_expired",
+        )
     older = row.token_attempt < row.attempt
     benign = not older and (
         (output_json is not None and row.token_outcome == "succeeded" and row.same_output)

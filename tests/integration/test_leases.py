@@ -253,3 +253,27 @@ async def test_concurrent_polls_of_one_worker_never_lease_beyond_its_slots(api: 
             await api.complete(t, 2)
     running = await api.json("GET", "/runs?workflow=cp&status=running&limit=100")
     assert len(running["runs"]) == 0
+
+
+async def test_a_holder_whose_lease_ran_out_is_told_lease_lost_even_once_the_step_failed(
+    api: Api,
+) -> None:
+    """No retry left: the expiry fails the step for good. The late holder's report is still a
+    lost lease (not ``already_finished``, which would say its own result was taken)."""
+    await api.register("ll", [{"name": "s"}])
+    run = await api.trigger("ll")
+    w = await api.worker(["ll.s"], lease_timeout_s=3)
+    [task] = await api.poll(w)
+    await api.reap(ahead_s=4)
+    assert (await api.run(run["id"]))["status"] == "failed"
+    body = (await api.complete(task, "late", expect=409)).json()
+    assert body["code"] == "lease_lost" and body["conflicting"] is True
+    r = await api.call(
+        "POST",
+        f"/step-runs/{task['step_run_id']}/fail",
+        409,
+        json={"lease_token": task["lease_token"], "error": {"type": "E", "message": "m"}},
+    )
+    assert r.json()["code"] == "lease_lost"
+    labels = {"reason": "lease_lost", "conflicting": "true"}
+    assert await api.metric("cairn_duplicate_completions_total", **labels) == 2
