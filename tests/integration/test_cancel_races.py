@@ -29,7 +29,7 @@ async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     await opened.close()
 
 
-async def _someone_waits_for_a_lock(conn: asyncpg.Connection) -> None:
+async def someone_waits_for_a_lock(conn: asyncpg.Connection) -> None:
     for _ in range(int(WAIT_S / 0.01)):
         waiting = await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -57,7 +57,7 @@ async def test_a_cancel_behind_the_last_completion_is_409(
     answers = await results.apply(Conn(conn, []), DEFAULT_TENANT_ID, batch, Effects())
     assert [a["status"] for a in answers] == ["succeeded"]
     cancel = asyncio.create_task(api.call("POST", f"/runs/{run['id']}/cancel"))
-    await _someone_waits_for_a_lock(conn)  # the cancel, behind the completion's run lock
+    await someone_waits_for_a_lock(conn)  # the cancel, behind the completion's run lock
     await completing.commit()
     answer = await asyncio.wait_for(cancel, WAIT_S)
 

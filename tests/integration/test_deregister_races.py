@@ -7,27 +7,18 @@ runs stayed with a worker whose heartbeats answer 404, and expired."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
 from db import leases
 from db.models import DEFAULT_TENANT_ID
-from db.pg import Conn, Row, init_connection
+from db.pg import Conn
 from tests.integration.conftest import Api
+from tests.integration.test_cancel_races import conn, someone_waits_for_a_lock
+
+__all__ = ["conn"]  # the fixture, shared with test_cancel_races
 
 WAIT_S = 10.0
-
-
-@pytest.fixture
-async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
-    opened = await asyncpg.connect(
-        db_url.replace("postgresql+asyncpg", "postgresql"), record_class=Row
-    )
-    await init_connection(opened)
-    yield opened
-    await opened.close()
 
 
 async def test_a_poll_behind_its_workers_deregistration_claims_nothing(
@@ -42,7 +33,8 @@ async def test_a_poll_behind_its_workers_deregistration_claims_nothing(
     await leases.deregister(Conn(conn, []), DEFAULT_TENANT_ID, w)
     assert await leases.held_by(Conn(conn, []), w) == []
     polling = asyncio.create_task(api.poll(w))
-    await asyncio.sleep(0.3)  # the claim has taken its snapshot (the worker still registered)
+    # The claim took its snapshot (the worker still registered) and waits for the worker's lock.
+    await someone_waits_for_a_lock(conn)
     await deregistering.commit()
     tasks = await asyncio.wait_for(polling, WAIT_S)
 
