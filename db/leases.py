@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from db import queries as Q
+from db import queries_workers as QW
 from db import transitions
 from db.errors import CairnDBError, LeaseConflict, NotFound
 from db.pg import Conn
@@ -38,7 +39,7 @@ async def register_worker(
 ) -> WorkerInfo:
     row = (
         await conn.execute(
-            Q.INSERT_WORKER,
+            QW.INSERT_WORKER,
             {
                 "tenant": tenant,
                 "name": name,
@@ -55,7 +56,7 @@ async def register_worker(
 
 async def _touch(conn: Conn, tenant: str, worker_id: str, now: datetime | None) -> Any:
     row = (
-        await conn.execute(Q.TOUCH_WORKER, {"tenant": tenant, "worker": worker_id, "now": now})
+        await conn.execute(QW.TOUCH_WORKER, {"tenant": tenant, "worker": worker_id, "now": now})
     ).first()
     if row is None:
         raise NotFound(f"worker {worker_id} is not registered (register again)")
@@ -399,14 +400,17 @@ async def lock_runs(conn: Conn, tenant: str, step_run_ids: list[str]) -> None:
 
 async def held_by(conn: Conn, worker_id: str) -> list[tuple[str, str]]:
     return [
-        (str(r.id), str(r.run_id)) for r in await conn.execute(Q.WORKER_HELD, {"worker": worker_id})
+        (str(r.id), str(r.run_id))
+        for r in await conn.execute(QW.WORKER_HELD, {"worker": worker_id})
     ]
 
 
 async def deregister(conn: Conn, tenant: str, worker_id: str, now: datetime | None = None) -> None:
-    await conn.execute(Q.LOCK_WORKER_CLAIMS, {"worker": worker_id})
+    await conn.execute(QW.LOCK_WORKER_CLAIMS, {"worker": worker_id})
     row = (
-        await conn.execute(Q.DEREGISTER_WORKER, {"tenant": tenant, "worker": worker_id, "now": now})
+        await conn.execute(
+            QW.DEREGISTER_WORKER, {"tenant": tenant, "worker": worker_id, "now": now}
+        )
     ).first()
     if row is None:
         raise NotFound(f"worker {worker_id} is not registered")
