@@ -42,12 +42,16 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     claim_big = _get(depth, sizes[-1], "p50_ms") if sizes else None
     light = _get(cairn, "latency", "light")
     multi = _get(cairn, "drain_multi", "runs_per_s")
+    sql_alone = _get(peers, "cairn_sql", "runs_per_s")
     return {
         "cairn_drain_over_pgqueuer_best": _ratio(drain, pgq_best),
         "cairn_drain_over_floor_batched": _ratio(drain, floor_b),
         # The same drain with `cairn serve --workers N` (N in drain_multi.server_workers).
         "cairn_multi_drain_over_pgqueuer_best": _ratio(multi, pgq_best),
         "cairn_multi_drain_over_floor_batched": _ratio(multi, floor_b),
+        # Cairn's statements alone (cairn_poll from asyncpg, no HTTP, no SDK): its storage's share.
+        "cairn_sql_alone_over_pgqueuer_best": _ratio(sql_alone, pgq_best),
+        "cairn_drain_over_cairn_sql_alone": _ratio(drain, sql_alone),
         "light_dispatch_p50_ms": _get(light, "dispatch", "p50_ms"),
         "light_dispatch_p99_ms": _get(light, "dispatch", "p99_ms"),
         "claim_p50_deep_over_shallow": _ratio(claim_big, claim_small),

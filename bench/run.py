@@ -16,14 +16,14 @@ from typing import Any
 
 import psutil
 
-from bench import cairn_worker, floor, peers, procs, report
+from bench import cairn_sql, cairn_worker, floor, peers, procs, report
 from bench.cairn_bench import CairnBench, Options
 from bench.cairn_server import serve_supports_workers
 from bench.depth import run_depth
 from bench.harness import QueueSystem, median_sample, run_system
 from bench.pg import Pg
 
-ALL = ("floor", "pgqueuer", "procrastinate", "cairn", "depth")
+ALL = ("floor", "pgqueuer", "procrastinate", "cairn_sql", "cairn", "depth")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -88,6 +88,8 @@ def peer_systems(selected: set[str], slots: int) -> list[QueueSystem]:
         out += [peers.pgqueuer_system(None), peers.pgqueuer_system(100)]
     if "procrastinate" in selected:
         out += [peers.procrastinate_system(None), peers.procrastinate_system(slots)]
+    if "cairn_sql" in selected:
+        out.append(cairn_sql.system())
     return out
 
 
