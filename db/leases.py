@@ -236,9 +236,12 @@ async def _conflict(
             conflicting=True,
             reason="unknown_token",
         )
+    older = row.token_attempt < row.attempt
     if row.status == "cancelled" or row.cancel_requested:
+        # The attempt the cancellation stopped ran once and its result is dropped: only a
+        # report from an attempt before it means the step ran twice.
         return LeaseConflict(
-            "cancelled", "the run was cancelled", conflicting=True, reason="cancelled"
+            "cancelled", "the run was cancelled", conflicting=older, reason="cancelled"
         )
     if row.token_outcome in ("lease_expired", "released", "timed_out"):
         # The holder's attempt was ended for it (its lease ran out, its worker gave it back,
@@ -249,7 +252,6 @@ async def _conflict(
             conflicting=True,
             reason="lease_expired",
         )
-    older = row.token_attempt < row.attempt
     benign = not older and (
         (output_json is not None and row.token_outcome == "succeeded" and row.same_output)
         or (output_json is None and row.token_outcome == "failed" and row.same_error)
@@ -315,7 +317,7 @@ async def complete_many(
             results.append(None)
             done.pop(sid)  # a repeated item in the batch is a duplicate, not a second success
             continue
-        await _finish_cancelled_holder(conn, tenant, sid, token, effects, now)
+        await _end_refused_holder(conn, tenant, sid, token, effects, now)
         try:
             results.append(await _conflict(conn, tenant, sid, token, output))
         except NotFound as err:
@@ -340,7 +342,7 @@ async def complete(
     return result
 
 
-async def _finish_cancelled_holder(
+async def _end_refused_holder(
     conn: Conn,
     tenant: str,
     step_run_id: str,
@@ -348,14 +350,20 @@ async def _finish_cancelled_holder(
     effects: Effects,
     now: datetime | None,
 ) -> None:
-    """A holder reporting on a cancelled step has stopped: revoke its lease now."""
+    """A holder whose report was refused still holds the step run: its run was cancelled (it
+    has stopped: revoke the lease now), or its lease or timeout ran out before the reaper saw
+    it (end the attempt now, as the reaper would), so the answer is the same either way."""
     step = (
         await conn.execute(
-            Q.LOCK_HELD_STEP, {"id": step_run_id, "tenant": tenant, "token": token, "now": None}
+            Q.LOCK_HELD_STEP, {"id": step_run_id, "tenant": tenant, "token": token, "now": now}
         )
     ).first()
-    if step is not None and step.cancel_requested_at is not None:
+    if step is None:
+        return
+    if step.cancel_requested_at is not None:
         await transitions.cancel_running(conn, step, effects, now)
+    else:
+        await transitions.end_overdue(conn, step, effects, now)
 
 
 async def fail(
@@ -376,9 +384,11 @@ async def fail(
             Q.LOCK_HELD_STEP, {"id": step_run_id, "tenant": tenant, "token": token, "now": now}
         )
     ).first()
-    if step is None or step.cancel_requested_at is not None:
-        if step is not None:
+    if step is None or step.cancel_requested_at is not None or step.lease_due or step.timeout_due:
+        if step is not None and step.cancel_requested_at is not None:
             await transitions.cancel_running(conn, step, effects, now)
+        elif step is not None:  # after a deadline the reaper had not seen yet: as it would
+            await transitions.end_overdue(conn, step, effects, now)
         return await _conflict(conn, tenant, step_run_id, token, None, error)
     return await transitions.fail_attempt(
         conn,

@@ -401,7 +401,9 @@ FROM step_runs WHERE id = ANY(CAST(:ids AS uuid[])) AND tenant_id = :tenant
 # everywhere), then the guarded update, closing each attempt in the same statement. The guard is
 # the lease token (a token is on a step run only while it runs: CHECK token_iff_running); the
 # status is not named, so no partial index on running step runs matches and each step run is
-# read by key, however many are running and whatever the statistics say.
+# read by key, however many are running and whatever the statistics say. The lease and the
+# execution timeout must both still run: a report after either deadline is refused, and the
+# caller ends that attempt as the reaper would (``transitions.end_overdue``), ticked or not.
 COMPLETE_CTES = f"""
 WITH items AS (
   SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(id uuid, token uuid, output jsonb)
@@ -416,7 +418,7 @@ WITH items AS (
   WHERE s.id = i.id AND s.tenant_id = :tenant
     AND (SELECT count(*) FROM locked) >= 0  -- runs locked first (one-time filter)
     AND s.lease_token = i.token AND s.cancel_requested_at IS NULL
-    AND s.lease_expires_at > {{NOW}}
+    AND s.lease_expires_at > {{NOW}} AND s.timeout_at > {{NOW}}
   RETURNING s.id, s.run_id, s.tenant_id, s.attempt, s.worker_id, s.started_at, i.token,
     EXTRACT(EPOCH FROM ({{NOW}} - s.started_at)) AS duration
 ), hist AS (
@@ -440,6 +442,8 @@ WHERE r.id = ANY(ARRAY(SELECT s.run_id FROM step_runs s
 ORDER BY r.id FOR UPDATE
 """)
 
+# The step run a report names, locked (its run first), if that report's token still holds it:
+# whether its lease or its timeout has run out is for the caller (``transitions.end_overdue``).
 LOCK_HELD_STEP = q("""
 WITH lock_run AS (
   SELECT r.id FROM runs r WHERE r.id = (SELECT run_id FROM step_runs WHERE id = :id)
@@ -447,10 +451,10 @@ WITH lock_run AS (
 )
 SELECT s.id, s.run_id, s.tenant_id, s.step_name, s.action, s.attempt, s.max_attempts,
   s.delivery, s.backoff, s.lease_token, s.is_on_failure, s.cancel_requested_at,
+  s.lease_expires_at <= {NOW} AS lease_due, s.timeout_at <= {NOW} AS timeout_due,
   EXTRACT(EPOCH FROM ({NOW} - s.started_at)) AS duration
 FROM step_runs s JOIN lock_run ON lock_run.id = s.run_id
 WHERE s.id = :id AND s.tenant_id = :tenant AND s.status = 'running' AND s.lease_token = :token
-  AND s.lease_expires_at > {NOW}
 FOR UPDATE OF s
 """)
 

@@ -19,8 +19,6 @@ from db.pg import Conn
 from db.types import Effects
 
 log = logging.getLogger("cairn.reaper")
-TIMEOUT_ERROR = {"type": "timeout", "message": "the step ran past its timeout_s"}
-LEASE_ERROR = {"type": "lease_lost", "message": "the worker stopped renewing its lease"}
 SCHEDULE_ERROR = {"type": "schedule_timeout", "message": "the step waited past schedule_timeout_s"}
 
 
@@ -40,34 +38,10 @@ async def _reap_one(
     ).first()
     if step is None:
         return False
-    # A step whose run was cancelled is never retried: a lost lease or a timeout ends it too.
-    flagged = step.cancel_requested_at is not None
-    if step.cancel_due or (flagged and (step.lease_due or step.timeout_due)):
+    if step.cancel_due:
         await transitions.cancel_running(conn, step, effects, now)
-    elif step.lease_due:
-        effects.lease_expirations += 1
-        await transitions.fail_attempt(
-            conn,
-            step,
-            error=LEASE_ERROR,
-            outcome="lease_expired",
-            retryable=True,
-            retry_after_s=0.0,
-            reexecution_safe=False,
-            effects=effects,
-            now=now,
-        )
-    elif step.timeout_due:
-        await transitions.fail_attempt(
-            conn,
-            step,
-            error=TIMEOUT_ERROR,
-            outcome="timed_out",
-            retryable=True,
-            reexecution_safe=False,
-            effects=effects,
-            now=now,
-        )
+    elif await transitions.end_overdue(conn, step, effects, now):
+        pass  # its lease or its timeout ran out (a cancelled run's step is cancelled)
     elif step.schedule_due:
         await conn.execute(
             Q.FAIL_STEP,

@@ -14,6 +14,9 @@ from db import queries as Q
 from db.pg import Conn
 from db.types import Effects
 
+TIMEOUT_ERROR = {"type": "timeout", "message": "the step ran past its timeout_s"}
+LEASE_ERROR = {"type": "lease_lost", "message": "the worker stopped renewing its lease"}
+
 
 def backoff_delay(
     backoff: dict[str, Any], attempt: int, *, rng: random.Random | None = None
@@ -197,6 +200,34 @@ async def fail_attempt(
         now,
     )
     return "failed"
+
+
+async def end_overdue(conn: Conn, step: Any, effects: Effects, now: datetime | None) -> bool:
+    """End the attempt of a running step run whose lease or execution timeout ran out, as the
+    reaper does (``step`` also holds ``lease_due``, ``timeout_due``, ``cancel_requested_at``):
+    a step of a cancelled run is cancelled, never retried; else the attempt failed
+    (``lease_expired`` or ``timed_out``, retryable). Also called when the holder's own report
+    comes after the deadline but before the reaper's tick, so the outcome never depends on
+    when the reaper last ran. False when neither deadline has passed."""
+    if not (step.lease_due or step.timeout_due):
+        return False
+    if step.cancel_requested_at is not None:
+        await cancel_running(conn, step, effects, now)
+        return True
+    if step.lease_due:
+        effects.lease_expirations += 1
+    await fail_attempt(
+        conn,
+        step,
+        error=LEASE_ERROR if step.lease_due else TIMEOUT_ERROR,
+        outcome="lease_expired" if step.lease_due else "timed_out",
+        retryable=True,
+        retry_after_s=0.0 if step.lease_due else None,
+        reexecution_safe=False,
+        effects=effects,
+        now=now,
+    )
+    return True
 
 
 async def cancel_running(conn: Conn, step: Any, effects: Effects, now: datetime | None) -> None:
