@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import inspect
 import logging
 import os
 import signal
@@ -171,6 +172,14 @@ async def _reaper_loop(svc: Service) -> None:
             await asyncio.wait_for(svc.draining.wait(), s.reaper_interval_s)
 
 
+def _lenient_content_type() -> dict[str, Any]:
+    """A JSON body sent without a ``Content-Type`` is read as JSON (a declared non-JSON type is
+    answered 415 by ``api.problems``). FastAPI before 0.12x has no such option and is lenient."""
+    if "strict_content_type" in inspect.signature(FastAPI.__init__).parameters:
+        return {"strict_content_type": False}
+    return {}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -214,6 +223,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Durable DAG workflows on PostgreSQL, over plain HTTP/JSON.",
         lifespan=lifespan,
+        **_lenient_content_type(),
     )
     app.state.gate = Gate(settings)
     problems.install(app, on_conflict=metrics.conflict)

@@ -76,6 +76,14 @@ def _clean_errors(errors: Any) -> list[dict[str, Any]]:
     return cleaned[:50]
 
 
+def _is_json(content_type: str) -> bool:
+    """``application/json`` or ``application/*+json``, with any parameters."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 async def _refusal(request: Request) -> StarletteHTTPException | CairnDBError | None:
     """Why the gate would refuse ``request`` (401 / 403 / 429), if it would.
 
@@ -108,16 +116,22 @@ def install(app: FastAPI, on_conflict: Any = None) -> None:
             exc.status, exc.code, exc.detail, instance=request.url.path, headers=headers, **extra
         )
 
+    async def refusal(request: Request) -> JSONResponse | None:
+        """The gate's answer, when it would refuse ``request`` (ahead of a body's problem)."""
+        refused = await _refusal(request)
+        if isinstance(refused, CairnDBError):
+            return await domain_error(request, refused)
+        if refused is not None:
+            return await http_error(request, refused)
+        return None
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _clean_errors(exc.errors())
         body_errors = [e for e in errors if e["type"] in ("json_invalid", "model_attributes_type")]
         if body_errors and any(e["type"] == "json_invalid" for e in body_errors):
-            refused = await _refusal(request)
-            if isinstance(refused, CairnDBError):
-                return await domain_error(request, refused)
-            if refused is not None:
-                return await http_error(request, refused)
+            if (refused := await refusal(request)) is not None:
+                return refused
             return problem(
                 400,
                 "malformed_json",
@@ -125,6 +139,18 @@ def install(app: FastAPI, on_conflict: Any = None) -> None:
                 instance=request.url.path,
                 errors=errors,
             )
+        declared = request.headers.get("content-type")
+        if (
+            declared
+            and not _is_json(declared)
+            and any(e["loc"] == ["body"] and e["type"] == "model_attributes_type" for e in errors)
+        ):
+            if (refused := await refusal(request)) is not None:
+                return refused
+            detail = (
+                f"the request body must be JSON (Content-Type: application/json), not {declared!r}"
+            )
+            return problem(415, "unsupported_media_type", detail[:300], instance=request.url.path)
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         loc = ".".join(str(p) for p in first["loc"])
         detail = f"{loc}: {first['msg']}" if loc else str(first["msg"])
@@ -144,11 +170,8 @@ def install(app: FastAPI, on_conflict: Any = None) -> None:
         }.get(exc.status_code, "http_error")
         detail: str = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "")
         if exc.status_code == 400 and "parsing the body" in detail:
-            refused = await _refusal(request)
-            if isinstance(refused, CairnDBError):
-                return await domain_error(request, refused)
-            if refused is not None:
-                return await http_error(request, refused)
+            if (refused := await refusal(request)) is not None:
+                return refused
             code = "malformed_json"
         return problem(
             exc.status_code,

@@ -35,7 +35,7 @@ Tenant = Annotated[str, Depends(tenant_id)]
 PROBLEM_CONTENT = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": TITLES[code], "content": PROBLEM_CONTENT}
-    for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
+    for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 }
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 WorkflowName = Annotated[str, Query(pattern=r"^[a-z0-9_.-]{1,64}$")]

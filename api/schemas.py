@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic import Strict as StrictInput
 
 # Request bodies take JSON types as they are: no bool → int, no "2" → 2.
@@ -15,6 +15,16 @@ SFloat = Annotated[float, StrictInput()]  # an integer is a fine float
 SBool = Annotated[bool, StrictInput()]
 NAME_PATTERN = r"^[a-z0-9_.-]{1,64}$"
 ACTION_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\u0000), which Postgres cannot store")
+    return value
+
+
+# Free text stored in a text column: any string Postgres can store (no NUL).
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class Strict(BaseModel):
@@ -47,7 +57,7 @@ class StepIn(Strict):
 class WorkflowIn(Strict):
     steps: list[StepIn] = Field(min_length=1, max_length=10_000)
     on_failure: StepIn | None = None
-    description: str | None = Field(default=None, max_length=2000)
+    description: Text | None = Field(default=None, max_length=2000)
 
 
 class WorkflowOut(BaseModel):
@@ -67,13 +77,13 @@ class WorkflowList(BaseModel):
 
 class TriggerIn(Strict):
     input: Any = Field(default_factory=dict)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    idempotency_key: Text | None = Field(default=None, min_length=1, max_length=255)
     version: SInt | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class BulkRunIn(Strict):
     input: Any = Field(default_factory=dict)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    idempotency_key: Text | None = Field(default=None, min_length=1, max_length=255)
 
 
 class BulkTriggerIn(Strict):
@@ -145,7 +155,7 @@ class RunList(BaseModel):
 
 
 class WorkerIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     actions: list[Annotated[str, Field(pattern=ACTION_PATTERN)]] = Field(
         min_length=1, max_length=1000
     )
@@ -203,8 +213,8 @@ class CompleteIn(Strict):
 
 class ErrorIn(BaseModel):
     model_config = ConfigDict(extra="allow")
-    type: str = Field(default="Error", max_length=200)
-    message: str = Field(default="", max_length=65536)
+    type: Text = Field(default="Error", max_length=200)
+    message: Text = Field(default="", max_length=65536)
 
 
 class FailIn(Strict):

@@ -114,6 +114,11 @@ def translate(err: BaseException) -> BaseException:
         return err
     code = sqlstate(err)
     if code is not None:
+        if code in ("22021", "22P05"):  # a NUL (or a character the encoding lacks) in text
+            return InvalidPayload(
+                "a text value holds a character Postgres cannot store, such as NUL (\\u0000)"
+                f" (SQLSTATE {code})"
+            )
         if code.startswith("22"):  # data exception: bad JSON text, out of range, ...
             return InvalidPayload(f"the database rejected a value (SQLSTATE {code})")
         if code.startswith(CONNECTION_SQLSTATE_PREFIXES):

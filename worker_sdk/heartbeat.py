@@ -165,6 +165,8 @@ class Heartbeater:
         except APIError as exc:
             if exc.status == 404:
                 self._reregister(worker_id)
+            elif exc.status >= 500 or exc.status == 429:  # transient: the next beat retries
+                log.warning("heartbeat failed (%d held step run(s)): %s", len(ids), exc)
             else:
                 log.error("heartbeat rejected: %s", exc)
             return {}

@@ -249,3 +249,63 @@ async def test_answers_given_before_routing_are_counted_under_their_route(api: A
     assert await count("HEAD", "/api/v1/runs", "200") == 1
     assert await count("GET", "/api/v1/runs", "200") == 1
     assert await count("GET", "unmatched", "404") == 1
+
+
+async def test_a_body_declared_as_not_json_is_415_and_an_undeclared_one_is_read_as_json(
+    api: Api,
+) -> None:
+    definition = b'{"steps": [{"name": "s"}]}'
+    for declared in ("text/plain", "application/x-www-form-urlencoded", "application/xml"):
+        body = _problem(
+            await api.call(
+                "PUT", "/workflows/ct", content=definition, headers={"content-type": declared}
+            ),
+            415,
+        )
+        assert body["code"] == "unsupported_media_type" and declared in str(body["detail"])
+    await api.call("GET", "/workflows/ct", 404)
+    # JSON under another name, or no Content-Type at all (curl --data-binary without -H), is JSON.
+    plus = {"content-type": "application/vnd.cairn+json; charset=utf-8"}
+    await api.call("PUT", "/workflows/ct", 201, content=definition, headers=plus)
+    await api.call("PUT", "/workflows/ct2", 201, content=definition)
+    # A JSON body of the wrong shape is still a 422, whatever it is declared as.
+    _problem(await api.call("PUT", "/workflows/ct3", json=[1]), 422)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/workers", {"name": "a\u0000b", "actions": ["x"]}, "name"),
+        ("POST", "/workflows/nul/runs", {"input": 1, "idempotency_key": "k\u0000"}, "idempotency"),
+        ("PUT", "/workflows/nul2", {"steps": [{"name": "s"}], "description": "\u0000"}, "descr"),
+        (
+            "POST",
+            "/workflows/nul/runs/bulk",
+            {"runs": [{"input": 1}, {"input": 2, "idempotency_key": "\u0000"}]},
+            "idempotency",
+        ),
+    ],
+)
+async def test_a_nul_in_a_text_field_is_a_422_naming_the_field(
+    api: Api, method: str, path: str, body: dict[str, object], field: str
+) -> None:
+    await api.register("nul", [{"name": "s"}])
+    problem = _problem(await api.call(method, path, json=body), 422)
+    assert field in str(problem["detail"]) and "NUL" in str(problem["detail"])
+    assert "SQLSTATE" not in str(problem)
+    assert (await api.json("GET", "/runs"))["runs"] == []
+    await api.call("GET", "/workflows/nul2", 404)
+
+
+async def test_a_nul_in_a_failure_is_refused_and_the_lease_kept(api: Api) -> None:
+    await api.register("nf", [{"name": "s"}])
+    run = await api.trigger("nf")
+    w = await api.worker(["nf.s"])
+    [t] = await api.poll(w)
+    path = f"/step-runs/{t['step_run_id']}/fail"
+    for error in ({"type": "E\u0000"}, {"message": "m\u0000"}):
+        bad = {"lease_token": t["lease_token"], "error": error, "retryable": False}
+        problem = _problem(await api.call("POST", path, json=bad), 422)
+        assert "NUL" in str(problem["detail"])
+    await api.complete(t, "ok")
+    assert (await api.run(run["id"]))["status"] == "succeeded"
