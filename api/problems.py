@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -172,7 +173,18 @@ def install(app: FastAPI, on_conflict: Any = None) -> None:
         if exc.status_code == 400 and "parsing the body" in detail:
             if (refused := await refusal(request)) is not None:
                 return refused
+            cause = exc.__cause__
+            if isinstance(cause, ValueError) and "digits" in str(cause):
+                return problem(
+                    422,
+                    "invalid_payload",
+                    "a number in the body has more digits than the server converts"
+                    f" ({sys.get_int_max_str_digits()}); send it as a string",
+                    instance=request.url.path,
+                )
             code = "malformed_json"
+            if isinstance(cause, UnicodeDecodeError):
+                detail = "the request body is not valid UTF-8"
         return problem(
             exc.status_code,
             code,

@@ -17,14 +17,20 @@ NAME_PATTERN = r"^[a-z0-9_.-]{1,64}$"
 ACTION_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"
 
 
-def _no_nul(value: str) -> str:
+def _storable(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain a NUL character (\\u0000), which Postgres cannot store")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            "must not contain an unpaired UTF-16 surrogate (such as \\ud800)"
+        ) from None
     return value
 
 
-# Free text stored in a text column: any string Postgres can store (no NUL).
-Text = Annotated[str, AfterValidator(_no_nul)]
+# Free text stored in a text column: any string Postgres can store (no NUL, valid Unicode).
+Text = Annotated[str, AfterValidator(_storable)]
 
 
 class Strict(BaseModel):

@@ -52,4 +52,5 @@ def dump(value: Any, *, field: str, limit: int) -> str:
 
 def canonical_hash(value: Any) -> str:
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # An unpaired surrogate (refused before storing) must not make hashing fail first.
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()

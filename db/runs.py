@@ -329,16 +329,21 @@ async def replay(
         raise NotFound(f"run {run_id} does not exist")
     if run.status not in ("failed", "cancelled"):
         raise InvalidState(f"run {run_id} is {run.status}; only failed or cancelled runs replay")
-    # Steps still running under a cancel flag are finished as cancelled first.
-    flagged = await conn.execute(
-        text(
-            f"SELECT id, run_id, lease_token, EXTRACT(EPOCH FROM ({Q.NOW} - started_at))"
-            " AS duration FROM step_runs WHERE run_id = :run AND status = 'running' FOR UPDATE"
-        ),
-        {"run": run_id, "now": now},
-    )
-    for step in flagged.all():
-        await transitions.cancel_running(conn, step, effects, now)
+    # A step still running under a cancel flag may still be executing on its worker: queued
+    # again now, it would run twice at once (at-most-once included). Its worker stops it at its
+    # next heartbeat or poll, or the reaper revokes it after the grace period; replay then.
+    running = (
+        await conn.execute(
+            text("SELECT count(*) FROM step_runs WHERE run_id = :run AND status = 'running'"),
+            {"run": run_id},
+        )
+    ).scalar_one()
+    if running:
+        raise InvalidState(
+            f"run {run_id} is still stopping: {running} step run(s) are running until their"
+            " worker learns of the cancel (at its next heartbeat or poll) or the cancel's grace"
+            " period ends; replay after that"
+        )
     definition, _ = await wf.get(conn, tenant, run.workflow_name, run.version)
     retries = {s["name"]: s["retries"] for s in definition.definition["steps"]}
     if "on_failure" in definition.definition:

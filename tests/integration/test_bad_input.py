@@ -309,3 +309,41 @@ async def test_a_nul_in_a_failure_is_refused_and_the_lease_kept(api: Api) -> Non
         assert "NUL" in str(problem["detail"])
     await api.complete(t, "ok")
     assert (await api.run(run["id"]))["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw", "field"),
+    [
+        ("PUT", "/workflows/sur", b'{"steps": [{"name": "a"}], "description": "\\ud800"}', "descr"),
+        ("POST", "/workflows/nul/runs", b'{"input": 1, "idempotency_key": "k\\udfff"}', "idempot"),
+        ("POST", "/workflows/nul/runs/bulk", b'{"runs": [{"idempotency_key": "\\ud800"}]}', "idem"),
+        ("POST", "/workers", b'{"name": "\\ud800", "actions": ["x"]}', "name"),
+    ],
+)
+async def test_an_unpaired_surrogate_in_a_text_field_is_a_422_naming_the_field(
+    api: Api, method: str, path: str, raw: bytes, field: str
+) -> None:
+    await api.register("nul", [{"name": "s"}])
+    headers = {"content-type": "application/json"}
+    problem = _problem(await api.call(method, path, content=raw, headers=headers), 422)
+    assert field in str(problem["detail"]) and "SQLSTATE" not in str(problem)
+    assert (await api.json("GET", "/runs"))["runs"] == []
+    await api.call("GET", "/workflows/sur", 404)
+
+
+async def test_a_number_longer_than_python_converts_is_a_422_saying_so(api: Api) -> None:
+    await api.register("big", [{"name": "s"}])
+    headers = {"content-type": "application/json"}
+    raw = b'{"input": ' + b"7" * 5000 + b"}"
+    problem = _problem(
+        await api.call("POST", "/workflows/big/runs", content=raw, headers=headers), 422
+    )
+    assert problem["code"] == "invalid_payload" and "string" in str(problem["detail"])
+    bad_utf8 = _problem(
+        await api.call(
+            "POST", "/workflows/big/runs", content=b'{"input": "\xff"}', headers=headers
+        ),
+        400,
+    )
+    assert "UTF-8" in str(bad_utf8["detail"])
+    assert (await api.json("GET", "/runs"))["runs"] == []

@@ -382,6 +382,11 @@ async def test_a_runs_started_at_is_its_first_steps_start_whatever_ends_it(api: 
     failed = await api.run(expired["id"])
     assert failed["status"] == "failed" and failed["started_at"] is None
 
+    await api.call("POST", f"/runs/{claimed['id']}/replay", 409)  # its step is still stopping
+    beat = {"step_run_ids": [task["step_run_id"]]}
+    assert (await api.json("POST", f"/workers/{w}/heartbeat", json=beat))["step_runs"] == {
+        task["step_run_id"]: "cancelled"
+    }
     resumed = await api.json("POST", f"/runs/{claimed['id']}/replay", 202)
     assert resumed["status"] == "running" and resumed["started_at"] == step_start
 
@@ -406,7 +411,7 @@ async def test_a_cancelled_runs_step_that_times_out_is_cancelled_not_retried(api
 
 async def test_every_cancelled_attempt_is_timed(api: Api) -> None:
     """``cairn_step_duration_seconds`` counts one per ended attempt: cancellations delivered by
-    heartbeat, by poll, and finished by a replay included."""
+    heartbeat, by poll, and ended by the reaper after the grace period included."""
     await api.register("ta", [{"name": "a"}])
     runs = [await api.trigger("ta") for _ in range(3)]
     w = await api.worker(["ta.a"], slots=1)
@@ -422,7 +427,29 @@ async def test_every_cancelled_attempt_is_timed(api: Api) -> None:
         elif len(held) == 2:
             continue  # the next poll delivers it, then claims the third run
         else:
-            await api.json("POST", f"/runs/{run['id']}/replay", 202)
+            await api.reap(ahead_s=api.svc.settings.cancel_grace_s + 1)
     attempts = [(await api.run(r["id"]))["steps"][0]["attempts"] for r in runs]
     assert [[a["outcome"] for a in x] for x in attempts] == [["cancelled"]] * 3
     assert await api.metric("cairn_step_duration_seconds_count") == 3
+
+
+async def test_a_replay_waits_until_the_cancelled_steps_have_stopped(api: Api) -> None:
+    """Replayed at once, a step still running under a cancel flag would run twice at the same
+    time (at-most-once too): the replay is refused until its worker has learnt of the cancel,
+    which then hears ``cancelled``, not ``lost``; the step is handed out again only after."""
+    await api.register("rw", [{"name": "a", "delivery": "at_most_once"}, {"name": "b"}])
+    run = await api.trigger("rw")
+    w1, w2 = await api.worker(["rw.a", "rw.b"]), await api.worker(["rw.a", "rw.b"])
+    tasks = await api.poll(w1)
+    assert sorted(t["step"] for t in tasks) == ["a", "b"]
+    await api.call("POST", f"/runs/{run['id']}/cancel", 202)
+    problem = (await api.call("POST", f"/runs/{run['id']}/replay", 409)).json()
+    assert problem["code"] == "invalid_state" and "still stopping" in problem["detail"]
+    assert await api.poll(w2) == []  # nothing was queued again
+    beat = {"step_run_ids": [t["step_run_id"] for t in tasks]}
+    verdicts = (await api.json("POST", f"/workers/{w1}/heartbeat", json=beat))["step_runs"]
+    assert set(verdicts.values()) == {"cancelled"}
+    replayed = await api.json("POST", f"/runs/{run['id']}/replay", 202)
+    assert [s["status"] for s in replayed["steps"]] == ["queued", "queued"]
+    again = await api.poll(w2)
+    assert sorted((t["step"], t["attempt"]) for t in again) == [("a", 2), ("b", 2)]
