@@ -12,6 +12,7 @@ from typing import Any
 
 from worker_sdk.client import resolve_url
 from worker_sdk.errors import CairnError
+from worker_sdk.logs import configure_default_logging
 from worker_sdk.worker import Worker
 from worker_sdk.workflow import Workflow
 
@@ -109,13 +110,7 @@ def override(worker: Worker, args: argparse.Namespace) -> Worker:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=args.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        if args.log_level != "DEBUG":  # httpx logs every request at INFO
-            logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_default_logging(args.log_level)
     try:
         worker = build_worker(load_target(args.target), args)
         worker.run()

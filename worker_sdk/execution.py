@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 from worker_sdk import outcome
 from worker_sdk.context import Context
-from worker_sdk.errors import DefinitionError
+from worker_sdk.errors import DefinitionError, NonRetryableError, RetryAfter
 from worker_sdk.outcome import Outcome
 from worker_sdk.workflow import StepSpec, Workflow
 
@@ -17,9 +17,18 @@ def call_sync(spec: StepSpec, ctx: Context) -> Outcome:
     try:
         value = spec.fn(ctx)
     except BaseException as exc:  # SystemExit in a step must not kill the worker
-        ctx.log.warning("step raised %s", type(exc).__name__, exc_info=exc)
+        log_raised(ctx, exc)
         return outcome.from_exception(exc)
     return outcome.from_result(value)
+
+
+def log_raised(ctx: Context, exc: BaseException) -> None:
+    """A step's own verdict (``NonRetryableError``, ``RetryAfter``) in one line; anything else
+    it raised with its traceback."""
+    if isinstance(exc, NonRetryableError | RetryAfter):
+        ctx.log.warning("step raised %s: %s", type(exc).__name__, exc)
+    else:
+        ctx.log.warning("step raised %s", type(exc).__name__, exc_info=exc)
 
 
 def action_table(workflows: Iterable[Workflow]) -> dict[str, tuple[Workflow, StepSpec]]:
@@ -63,6 +72,6 @@ async def run_async_step(
             raise
         return outcome.from_exception(exc)  # raised by the step's own code
     except BaseException as exc:  # SystemExit in a step must not stop the worker (as call_sync)
-        ctx.log.warning("step raised %s", type(exc).__name__, exc_info=exc)
+        log_raised(ctx, exc)
         return outcome.from_exception(exc)
     return outcome.from_result(value)

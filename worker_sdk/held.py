@@ -29,6 +29,11 @@ class Held:
     def gave_up(self) -> bool:
         return self.dropped
 
+    def cancel_future(self) -> None:
+        """Cancel an async step's task (on the loop)."""
+        if self.future is not None and not self.future.done():
+            self.future.cancel()
+
     def ran(self, result: Outcome | None, exc: BaseException | None) -> None:
         """A sync step's thread is done (on the loop)."""
         if exc is not None:  # call_sync never raises; keep the slot accounting right anyway

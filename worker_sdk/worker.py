@@ -24,6 +24,7 @@ from worker_sdk.execution import action_table, call_sync, run_async_step, unregi
 from worker_sdk.gc_tuning import tune_gc
 from worker_sdk.heartbeat import Heartbeater, Registration
 from worker_sdk.held import Held
+from worker_sdk.logs import configure_default_logging
 from worker_sdk.outcome import Outcome
 from worker_sdk.reporter import Reporter
 from worker_sdk.threads import StepThreads
@@ -111,7 +112,9 @@ class Worker:
     # ----------------------------------------------------------------- lifecycle
     def run(self) -> None:
         """Block until stopped; on the main thread SIGTERM/SIGINT stop the worker gracefully
-        (a second signal skips the grace period)."""
+        (a second signal skips the grace period). Logs to stderr at INFO unless the program
+        has configured logging."""
+        configure_default_logging()
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -382,7 +385,10 @@ class Worker:
         spec = wf_spec[1] if wf_spec else None
         held = Held(task, Context(task, resolve_step=resolve), spec, self)
         with self._lock:
+            stale = self._held.get(task.step_run_id)
             self._held[task.step_run_id] = held
+        if stale is not None:  # its lease was lost and the new attempt came back here
+            self._revoke_held(stale, "lost")
         self._running += 1
         if spec is None:
             self._finished(held, unregistered(task.action))
@@ -487,15 +493,14 @@ class Worker:
         """The server took the step back ("cancelled" or "lost"); callable from any thread."""
         with self._lock:
             held = self._held.get(step_run_id)
-        if held is None or held.dropped:
+        if held is not None:
+            self._revoke_held(held, reason)
+
+    def _revoke_held(self, held: Held, reason: str) -> None:
+        if held.dropped:
             return
         self._drop(held, reason)
         held.ctx.log.warning("stopping step: %s", reason)
         if held.spec is not None and held.spec.is_async and self._loop is not None:
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._cancel_future, held)
-
-    @staticmethod
-    def _cancel_future(held: Held) -> None:
-        if held.future is not None and not held.future.done():
-            held.future.cancel()
+                self._loop.call_soon_threadsafe(held.cancel_future)

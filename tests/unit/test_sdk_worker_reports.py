@@ -134,3 +134,36 @@ async def test_an_async_step_raising_systemexit_fails_and_the_worker_carries_on(
     assert got["2"][0] == "fail" and got["2"][1]["error"]["type"] == "KeyboardInterrupt"
     assert got["1"][1]["retryable"] is True
     assert got["3"] == ("complete", {"lease_token": "lease-3", "output": "ok"})
+
+
+async def test_a_new_attempt_handed_to_the_same_worker_stops_the_stale_one() -> None:
+    """The worker lost the lease (frozen, say) and the step's next attempt came back to it: the
+    old attempt learns it lost the step, and only the new one reports."""
+    wf = Workflow("w")
+    seen: dict[str, str | None] = {}
+    release = threading.Event()
+
+    @wf.step
+    def waits(ctx: Context) -> int:
+        attempt = ctx.attempt
+        if attempt == 1:
+            ctx.wait_cancelled(5)
+            seen["first"] = ctx.cancel_reason
+        else:
+            release.wait(5)
+        return attempt
+
+    server = FakeServer()
+    server.add_task("s", "w.waits")
+    worker = make_worker(server, [wf])
+    runner = asyncio.create_task(worker.arun())
+    await until(lambda: "s" in worker._held_ids())
+    server.add_task("s", "w.waits", attempt=2, lease_token="lease-s-2")
+    await until(lambda: "first" in seen)
+    release.set()
+    await until(lambda: len(server.reports) == 1)
+    worker.stop()
+    await asyncio.wait_for(runner, 5)
+    assert seen == {"first": "lost"}
+    [(sid, kind, body)] = server.reports
+    assert (sid, kind, body["lease_token"], body["output"]) == ("s", "complete", "lease-s-2", 2)

@@ -1,0 +1,42 @@
+"""What a worker logs: a step's own verdict in one line, anything else with its traceback."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from worker_sdk import Context, NonRetryableError, RetryAfter
+from worker_sdk.context import Task
+from worker_sdk.execution import log_raised
+from worker_sdk.logs import configure_default_logging
+
+
+def _ctx() -> Context:
+    task = Task.model_validate(
+        {"step_run_id": "s", "run_id": "r", "workflow": "w", "version": 1, "step": "a",
+         "action": "w.a", "attempt": 1, "lease_token": "t", "input": {}, "parents": {}}
+    )  # fmt: skip
+    return Context(task)
+
+
+@pytest.mark.parametrize(
+    ("exc", "traceback"),
+    [(NonRetryableError("card refused"), False), (RetryAfter(5), False), (KeyError("x"), True)],
+)
+def test_a_steps_verdict_is_one_line_and_a_crash_has_its_traceback(
+    caplog: pytest.LogCaptureFixture, exc: BaseException, traceback: bool
+) -> None:
+    with caplog.at_level(logging.INFO):
+        log_raised(_ctx(), exc)
+    [record] = caplog.records
+    assert type(exc).__name__ in record.getMessage()
+    assert (record.exc_info is not None) is traceback
+
+
+def test_default_logging_leaves_a_configured_program_alone() -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    assert before  # pytest's capture handler
+    configure_default_logging()
+    assert root.handlers == before
