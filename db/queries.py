@@ -88,6 +88,11 @@ RETURNING status
 """.replace("{OPEN_STEP}", OPEN_STEP)
 )
 
+# A replay waits while any step of the run still runs (under a cancel flag): db.runs.replay.
+REPLAY_RUNNING_STEPS = q(
+    "SELECT count(*) FROM step_runs WHERE run_id = :run AND status = 'running'"
+)
+
 # A succeeded step keeps its output, the on_failure step too: it handled the failure and its
 # result is as final as any other (it does not run again if the replayed run fails again).
 REPLAY_RESET_STEPS = q("""

@@ -332,12 +332,7 @@ async def replay(
     # A step still running under a cancel flag may still be executing on its worker: queued
     # again now, it would run twice at once (at-most-once included). Its worker stops it at its
     # next heartbeat or poll, or the reaper revokes it after the grace period; replay then.
-    running = (
-        await conn.execute(
-            text("SELECT count(*) FROM step_runs WHERE run_id = :run AND status = 'running'"),
-            {"run": run_id},
-        )
-    ).scalar_one()
+    running = (await conn.execute(Q.REPLAY_RUNNING_STEPS, {"run": run_id})).scalar_one()
     if running:
         raise InvalidState(
             f"run {run_id} is still stopping: {running} step run(s) are running until their"

@@ -23,7 +23,7 @@ from worker_sdk.errors import APIError, CairnError, HTTPError
 from worker_sdk.execution import action_table, call_sync, run_async_step, unregistered
 from worker_sdk.gc_tuning import tune_gc
 from worker_sdk.heartbeat import Heartbeater, Registration
-from worker_sdk.held import Held
+from worker_sdk.held import Held, HeldSteps
 from worker_sdk.logs import configure_default_logging
 from worker_sdk.outcome import Outcome
 from worker_sdk.reporter import Reporter
@@ -81,8 +81,8 @@ class Worker:
         self._headers = build_headers(headers, token)
         self._transport = transport
         self._async_transport = async_transport
-        self._lock = threading.Lock()  # guards _held and the stop flags
-        self._held: dict[str, Held] = {}
+        self._lock = threading.Lock()  # guards the stop flags
+        self._steps = HeldSteps()
         self._running = 0  # steps claimed and not finished yet (loop thread only)
         self._unsettled = 0  # results handed to the reporter without a verdict yet (loop only)
         self._stop_requested = False
@@ -177,7 +177,7 @@ class Worker:
             heartbeat_interval_s=self._wanted_heartbeat,
             lease_timeout_s=self._wanted_lease,
         )
-        heart = Heartbeater(beat_http, reg, held_ids=self._held_ids, on_revoked=self._revoke)
+        heart = Heartbeater(beat_http, reg, held_ids=self._steps.ids, on_revoked=self._revoke)
         try:
             if self._stopping():
                 return
@@ -252,7 +252,7 @@ class Worker:
     async def _drain(self) -> None:
         """Let running steps finish (and report) within the grace period; drop the rest."""
         assert self._force_event is not None and self._all_forgotten is not None
-        if pending := len(self._all_held()):
+        if pending := len(self._steps.all()):
             log.info("waiting up to %.3gs for %d step(s)", self.shutdown_grace_s, pending)
         deadline = time.monotonic() + self.shutdown_grace_s
         force = asyncio.create_task(self._force_event.wait())
@@ -260,7 +260,7 @@ class Worker:
             while not self._force_event.is_set():
                 self._all_forgotten.clear()
                 remaining = deadline - time.monotonic()
-                if not self._all_held() or remaining <= 0:
+                if not self._steps.all() or remaining <= 0:
                     break
                 waiter = asyncio.create_task(self._all_forgotten.wait())
                 await asyncio.wait(
@@ -269,10 +269,10 @@ class Worker:
                 waiter.cancel()
         finally:
             force.cancel()
-        leftovers = self._all_held()
+        leftovers = self._steps.all()
         for held in leftovers:
             log.warning("abandoning step run %s at shutdown", held.task.step_run_id)
-            self._drop(held, "shutdown")
+            self._steps.drop(held, "shutdown")
             if held.future is not None:
                 held.future.cancel()
         await asyncio.gather(*(h.future for h in leftovers if h.future), return_exceptions=True)
@@ -384,11 +384,8 @@ class Worker:
         resolve = wf_spec[0].step_name if wf_spec else None
         spec = wf_spec[1] if wf_spec else None
         held = Held(task, Context(task, resolve_step=resolve), spec, self)
-        with self._lock:
-            stale = self._held.get(task.step_run_id)
-            self._held[task.step_run_id] = held
-        if stale is not None:  # its lease was lost and the new attempt came back here
-            self._revoke_held(stale, "lost")
+        if (stale := self._steps.add(held)) is not None:  # lost, and its next attempt is here
+            self._steps.revoke(stale, "lost", self._loop)
         self._running += 1
         if spec is None:
             self._finished(held, unregistered(task.action))
@@ -429,11 +426,7 @@ class Worker:
             self._unsettled -= 1
             if self._slot_freed is not None:
                 self._slot_freed.set()
-        with self._lock:
-            if self._held.get(held.task.step_run_id) is held:
-                del self._held[held.task.step_run_id]
-            empty = not self._held
-        if empty and self._all_forgotten is not None:
+        if self._steps.remove(held) and self._all_forgotten is not None:
             self._all_forgotten.set()
 
     def _finished(self, held: Held, result: Outcome) -> None:
@@ -476,31 +469,7 @@ class Worker:
             self._forget(held)
 
     # ----------------------------------------------------------------- cancellation
-    def _held_ids(self) -> list[str]:
-        with self._lock:
-            return [k for k, h in self._held.items() if not h.dropped]
-
-    def _all_held(self) -> list[Held]:
-        with self._lock:
-            return list(self._held.values())
-
-    def _drop(self, held: Held, reason: str) -> None:
-        with self._lock:
-            held.dropped = True
-        held.ctx.mark_cancelled(reason)
-
     def _revoke(self, step_run_id: str, reason: str) -> None:
         """The server took the step back ("cancelled" or "lost"); callable from any thread."""
-        with self._lock:
-            held = self._held.get(step_run_id)
-        if held is not None:
-            self._revoke_held(held, reason)
-
-    def _revoke_held(self, held: Held, reason: str) -> None:
-        if held.dropped:
-            return
-        self._drop(held, reason)
-        held.ctx.log.warning("stopping step: %s", reason)
-        if held.spec is not None and held.spec.is_async and self._loop is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(held.cancel_future)
+        if (held := self._steps.get(step_run_id)) is not None:
+            self._steps.revoke(held, reason, self._loop)

@@ -141,7 +141,7 @@ async def test_cancelled_and_lost_steps_stop_and_are_not_reported() -> None:
     with server.lock:
         server.poll_cancelled.append("c")
     await until(lambda: "c" in seen)
-    await until(lambda: not worker._held_ids())
+    await until(lambda: not worker._steps.ids())
     worker.stop()
     await asyncio.wait_for(runner, 5)
     assert seen == {"a": "cancelled", "b": "lost", "c": "cancelled"}
@@ -181,7 +181,7 @@ async def test_409_on_report_is_dropped_without_retry() -> None:
     worker = make_worker(server, [wf])
     runner = asyncio.create_task(worker.arun())
     await until(lambda: len(server.reports) == 1)
-    await until(lambda: not worker._held_ids())
+    await until(lambda: not worker._steps.ids())
     worker.stop()
     await asyncio.wait_for(runner, 5)
     assert len(server.reports) == 1

@@ -157,7 +157,7 @@ async def test_a_new_attempt_handed_to_the_same_worker_stops_the_stale_one() -> 
     server.add_task("s", "w.waits")
     worker = make_worker(server, [wf])
     runner = asyncio.create_task(worker.arun())
-    await until(lambda: "s" in worker._held_ids())
+    await until(lambda: "s" in worker._steps.ids())
     server.add_task("s", "w.waits", attempt=2, lease_token="lease-s-2")
     await until(lambda: "first" in seen)
     release.set()
