@@ -23,6 +23,7 @@ from api.auth import Gate
 from api.httpproto import DRAIN_STATE_KEY
 from api.metrics import HTTPMetricsMiddleware, Metrics
 from api.notifier import Notifier
+from api.routes import PROBLEM_CONTENT, RETRY_AFTER
 from api.routes import router as runs_router
 from api.routes_workers import router as workers_router
 from api.schemas import Problem
@@ -180,6 +181,21 @@ def _lenient_content_type() -> dict[str, Any]:
     return {}
 
 
+def _document_problems(app: FastAPI) -> None:
+    """Every error answer refers to the ``Problem`` schema: make it a component."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = generate()
+            doc.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
+                Problem.model_json_schema(mode="serialization")
+            )
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -225,6 +241,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         **_lenient_content_type(),
     )
+    _document_problems(app)
     app.state.gate = Gate(settings)
     problems.install(app, on_conflict=metrics.conflict)
     app.include_router(runs_router)
@@ -238,7 +255,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get(
         "/readyz",
         tags=["health"],
-        responses={503: {"model": Problem, "content": {"application/problem+json": {}}}},
+        responses={
+            503: {
+                "description": "Not ready",
+                "content": PROBLEM_CONTENT,
+                "headers": RETRY_AFTER,
+            }
+        },
     )
     async def readyz(request: Request) -> Any:
         """The database is reachable and the schema is at the newest migration."""
@@ -256,7 +279,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             503, "not_ready", detail, instance="/readyz", headers={"Retry-After": "1"}
         )
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}}},
+    )
     async def metrics_endpoint(request: Request) -> Response:
         """Prometheus text format; queue depth and active workers are read from the database."""
         svc: Service = request.app.state.service

@@ -1,4 +1,5 @@
-"""LISTEN/NOTIFY inside one replica: a long-poll wakes at once when work is queued.
+"""LISTEN/NOTIFY inside one replica: a long-poll wakes at once when work is queued, or when
+a step run its worker holds is cancelled.
 
 One notification wakes one waiting long-poll of that (tenant, action), not all of them: a
 trigger at light load then costs one claim, not one per idle worker. Nothing is lost by it:
@@ -22,6 +23,11 @@ from db.engine import asyncpg_dsn
 
 log = logging.getLogger("cairn.notifier")
 CHANNEL = "cairn_queue"
+
+
+def worker_key(tenant: str, worker: str) -> str:
+    """The wake-up key of one worker's polls ("@" never appears in an action's name)."""
+    return f"{tenant}:@worker:{worker}"
 
 
 class Notifier:
@@ -96,8 +102,11 @@ class Notifier:
             await asyncio.sleep(self._reconnect_s)
 
     @contextlib.contextmanager
-    def subscribe(self, tenant: str, actions: tuple[str, ...]) -> Iterator[Subscription]:
-        sub = Subscription(self, tenant)
+    def subscribe(
+        self, tenant: str, actions: tuple[str, ...], *, worker: str | None = None
+    ) -> Iterator[Subscription]:
+        """``worker``: also wake when a step run that worker holds is cancelled."""
+        sub = Subscription(self, tenant, worker)
         sub.set_actions(actions)
         try:
             yield sub
@@ -118,9 +127,10 @@ class Notifier:
 class Subscription:
     """One long-poll's interest in its actions; ``event`` is set when it should claim."""
 
-    def __init__(self, notifier: Notifier, tenant: str) -> None:
+    def __init__(self, notifier: Notifier, tenant: str, worker: str | None = None) -> None:
         self._notifier = notifier
         self._tenant = tenant
+        self._worker_key = [worker_key(tenant, worker)] if worker is not None else []
         self._keys: list[str] = []
         self.event = asyncio.Event()
         self.claiming = False
@@ -129,7 +139,7 @@ class Subscription:
     def set_actions(self, actions: tuple[str, ...]) -> None:
         for key in self._keys:
             self._notifier._remove(key, self)
-        self._keys = [f"{self._tenant}:{a}" for a in actions]
+        self._keys = [f"{self._tenant}:{a}" for a in actions] + self._worker_key
         for key in self._keys:
             self._notifier._add(key, self)
 

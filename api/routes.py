@@ -33,8 +33,15 @@ router = APIRouter(prefix="/api/v1")
 Svc = Annotated[Service, Depends(service)]
 Tenant = Annotated[str, Depends(tenant_id)]
 PROBLEM_CONTENT = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Whole seconds to wait before trying again.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": TITLES[code], "content": PROBLEM_CONTENT}
+    | ({"headers": RETRY_AFTER} if code in (429, 503) else {})
     for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 }
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]

@@ -97,8 +97,8 @@ async def poll(
     (at most the server's cap and half the worker's lease timeout).
 
     Returns at once when work is claimed or a held step run was cancelled; otherwise waits to
-    be woken by a NOTIFY for the worker's actions (one waiting poll per notification), and
-    re-checks every ``poll_recheck_s`` as a fallback.
+    be woken by a NOTIFY for the worker's actions (one waiting poll per notification) or for a
+    cancellation of a step run it holds, and re-checks every ``poll_recheck_s`` as a fallback.
 
     ``results`` (optional) carries finished step runs, exactly as ``/step-runs/results`` takes
     them: they are applied first, in the same transaction as the claim (so their slots are free
@@ -171,7 +171,10 @@ async def poll(
 
     actions = svc.worker_actions(wid)
     # A poll carrying results claims once and never waits: it need not be woken.
-    with svc.notifier.subscribe(tenant, (actions or ()) if batch is None else ()) as wake:
+    waits = batch is None
+    with svc.notifier.subscribe(
+        tenant, (actions or ()) if waits else (), worker=wid if waits else None
+    ) as wake:
         while True:
             wake.begin_claim()
             full = True  # a claim that failed hands its wake on as well

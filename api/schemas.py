@@ -189,13 +189,19 @@ class TaskOut(BaseModel):
     version: int
     step: str
     action: str
-    attempt: int
-    lease_token: str
-    input: Any
-    parents: Any
-    timeout_at: datetime
-    lease_expires_at: datetime
-    delivery: str
+    attempt: int = Field(
+        description="Numbered from 1. A released attempt (its worker deregistered) is numbered "
+        "too, though it does not use up a retry."
+    )
+    lease_token: str = Field(description="Fences every report and heartbeat of this attempt.")
+    input: Any = Field(description="The run's input.")
+    parents: dict[str, Any] = Field(
+        description="Each parent step's name mapped to its output ({} for a root step). "
+        "For an on_failure step: {failed_step, error, attempt} of the step that failed."
+    )
+    timeout_at: datetime = Field(description="The attempt fails as timed out after this.")
+    lease_expires_at: datetime = Field(description="Heartbeat before this to keep the lease.")
+    delivery: Literal["at_least_once", "at_most_once"]
 
 
 class HeartbeatIn(Strict):
@@ -272,7 +278,7 @@ class PollOut(BaseModel):
     tasks: list[TaskOut]
     cancelled: list[str]
     results: list[ResultOut] = Field(
-        default_factory=list, description="One answer per carried result, in order."
+        description="One answer per carried result, in order ([] when it carried none)."
     )
 
 

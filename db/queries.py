@@ -84,7 +84,7 @@ UPDATE step_runs SET
   cancel_requested_at = CASE WHEN status = 'running' THEN {NOW} END
 WHERE id IN (SELECT id FROM step_runs WHERE run_id = :run AND status IN {OPEN_STEP}
              ORDER BY id FOR UPDATE)
-RETURNING status
+RETURNING status, worker_id::text
 """.replace("{OPEN_STEP}", OPEN_STEP)
 )
 

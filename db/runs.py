@@ -314,9 +314,11 @@ async def cancel(
     if run.status != "cancelled":
         if (await conn.execute(Q.CANCEL_RUN, {"tenant": tenant, "id": run_id, "now": now})).first():
             effects.run_statuses["cancelled"] += 1
-        for (status,) in await conn.execute(Q.CANCEL_OPEN_STEPS, {"run": run_id, "now": now}):
+        for status, holder in await conn.execute(Q.CANCEL_OPEN_STEPS, {"run": run_id, "now": now}):
             if status == "cancelled":
                 effects.step_statuses["cancelled"] += 1
+            elif holder is not None:  # its waiting poll answers now, not at its next re-check
+                transitions.wake_worker(effects, tenant, holder)
     return await get(conn, tenant, run_id)
 
 

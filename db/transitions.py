@@ -72,6 +72,12 @@ async def notify(conn: Conn, effects: Effects) -> None:
         await conn.execute(Q.NOTIFY, {"payload": f"{tenant}:{action}"})
 
 
+def wake_worker(effects: Effects, tenant: str, worker_id: str) -> None:
+    """Wake the waiting polls of a worker (a step run it holds was cancelled); the key is
+    ``api.notifier.worker_key``'s ("@" never appears in an action's name)."""
+    effects.notify.add((tenant, f"@worker:{worker_id}"))
+
+
 def _queued(effects: Effects, tenant: str, action: str) -> None:
     """A step run became queued: count it and wake the long-polls for its action."""
     effects.notify.add((tenant, action))

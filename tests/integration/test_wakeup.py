@@ -64,3 +64,28 @@ async def test_a_long_poll_waits_at_most_half_its_workers_lease(api: Api) -> Non
     started = loop.time()
     assert await api.poll(live, wait_s=1.5) == []
     assert loop.time() - started >= 1.4
+
+
+async def test_a_waiting_poll_answers_when_a_step_its_worker_holds_is_cancelled(
+    slow_recheck_api: Api,
+) -> None:
+    """The poll's contract: it returns at once when a held step run is cancelled. Only a
+    NOTIFY can wake it in time here (re-checks are hourly)."""
+    api = slow_recheck_api
+    await api.register("stop", [{"name": "a"}])
+    run = await api.trigger("stop")
+    w = await api.worker(["stop.a"], lease_timeout_s=300)
+    [task] = await api.poll(w)
+    other = await api.worker(["stop.a"], lease_timeout_s=300)
+    others_poll = asyncio.create_task(api.poll(other, wait_s=1))
+    body = {"max_tasks": 1, "wait_s": 60}
+    waiting = asyncio.create_task(api.json("POST", f"/workers/{w}/poll", json=body))
+    await asyncio.sleep(0.3)  # let it wait
+    assert not waiting.done()
+    await api.call("POST", f"/runs/{run['id']}/cancel", 202)
+    # Not woken, it answers after its 60 s wait: give up well before.
+    answer = await asyncio.wait_for(waiting, timeout=15)
+    assert answer["cancelled"] == [task["step_run_id"]]
+    assert answer["tasks"] == []
+    assert await others_poll == []  # the other worker's poll was not handed anything
+    assert (await api.run(run["id"]))["status"] == "cancelled"

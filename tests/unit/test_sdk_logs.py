@@ -6,8 +6,9 @@ import logging
 
 import pytest
 
+from tests.unit.sdk_fakes import FakeServer, echo_workflow, make_worker, work_until_reported
 from worker_sdk import Context, NonRetryableError, RetryAfter
-from worker_sdk.context import Task
+from worker_sdk.context import STEP_LOGGER, Task
 from worker_sdk.execution import log_raised
 from worker_sdk.logs import configure_default_logging
 
@@ -40,3 +41,24 @@ def test_default_logging_leaves_a_configured_program_alone() -> None:
     assert before  # pytest's capture handler
     configure_default_logging()
     assert root.handlers == before
+
+
+async def test_succeeded_steps_write_no_line_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    """INFO is ``Worker.run()``'s default: a line per step would cost a busy worker more CPU
+    than the step's whole trip through the SDK. The outcomes are logged at DEBUG."""
+    server = FakeServer()
+    for i in range(5):
+        server.add_task(str(i), "w.quick")
+    worker = make_worker(server, [echo_workflow()])
+    with caplog.at_level(logging.INFO):
+        await work_until_reported(worker, server, 5)
+    assert len(server.reports) == 5
+    per_step = [r for r in caplog.records if r.name == STEP_LOGGER]
+    assert per_step == []
+    caplog.clear()
+    server = FakeServer()
+    server.add_task("x", "w.quick")
+    worker = make_worker(server, [echo_workflow()])
+    with caplog.at_level(logging.DEBUG):
+        await work_until_reported(worker, server, 1)
+    assert any("success reported" in r.getMessage() for r in caplog.records), caplog.records
