@@ -181,6 +181,10 @@ def _lenient_content_type() -> dict[str, Any]:
     return {}
 
 
+GAUGES_TIMEOUT_S = 2.0  # /metrics reads its gauges from the database for at most this long
+READY_TIMEOUT_S = 4.0  # /readyz answers within this (the shipped probes wait 6 s)
+
+
 def _document_problems(app: FastAPI) -> None:
     """Every error answer refers to the ``Problem`` schema: make it a component."""
     generate = app.openapi
@@ -267,10 +271,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The database is reachable and the schema is at the newest migration."""
         svc: Service = request.app.state.service
         try:
-            async with svc.db.connect() as conn:
-                ready = await asyncio.wait_for(at_head(conn), 5)
+            async with asyncio.timeout(READY_TIMEOUT_S), svc.db.connect() as conn:
+                ready = await at_head(conn)
         except Exception as err:
-            detail = f"database unreachable: {err}"[:300]
+            detail = f"database unreachable: {str(err) or type(err).__name__}"[:300]
         else:
             if ready:
                 return JSONResponse({"status": "ready"})
@@ -289,11 +293,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus text format; queue depth and active workers are read from the database."""
         svc: Service = request.app.state.service
         try:
-            async with svc.db.connect() as conn:
-                depth = {
-                    r.action: int(r.n)
-                    for r in await asyncio.wait_for(conn.execute(R.QUEUE_DEPTH), 5)
-                }
+            # Bounded well inside a scrape's timeout: a database that hangs must not cost the
+            # scrape, and with it this process's counters, while they matter most.
+            async with asyncio.timeout(GAUGES_TIMEOUT_S), svc.db.connect() as conn:
+                depth = {r.action: int(r.n) for r in await conn.execute(R.QUEUE_DEPTH)}
                 workers = (
                     await conn.execute(
                         R.ACTIVE_WORKERS,
@@ -302,7 +305,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ).scalar_one()
             svc.metrics.set_gauges(depth, int(workers))
         except Exception as err:
-            log.warning("metrics gauges not refreshed: %s", err)
+            log.warning("metrics gauges not refreshed: %s", str(err) or type(err).__name__)
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.add_middleware(HeadAsGetMiddleware)

@@ -93,7 +93,7 @@ class Notifier:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # connection refused, terminated, ...
-                log.warning("notifier connection lost: %s", err)
+                log.warning("notifier connection lost: %s", str(err) or type(err).__name__)
             finally:
                 self.connected.clear()
                 if conn is not None and not conn.is_closed():

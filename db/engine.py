@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,10 +21,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from db.errors import DatabaseUnavailable, InvalidPayload, SchemaNotReady
+from db.errors import DatabaseBusy, DatabaseUnavailable, InvalidPayload, SchemaNotReady
 from db.pg import Conn, StatementListener, create_pool
 
 log = logging.getLogger("cairn.db")
@@ -33,7 +36,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 RETRYABLE_SQLSTATES = {"40P01", "40001"}
 # Connection exceptions, operator intervention (shutdown, restart), insufficient resources, and
 # what refuses a connection outright (bad credentials, no such database): all "unavailable".
-CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "53", "28", "3D")
+# 55000: the database does not accept connections now (ALTER DATABASE ... ALLOW_CONNECTIONS false).
+CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "53", "28", "3D", "55000")
 # A table or function the schema should have is missing: the database is not migrated (a server
 # started with CAIRN_RUN_MIGRATIONS=false before `cairn migrate`), which /readyz reports too.
 SCHEMA_MISSING_SQLSTATES = {"42P01", "42883"}
@@ -48,6 +52,13 @@ def async_url(url: str) -> str:
 
 
 def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+    """The SQLAlchemy engine (migrations, admin commands). It connects as the request pool
+    does, from the libpq-style URL (``asyncpg_dsn``), so both take the same URL options."""
+    dsn = asyncpg_dsn(url)
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(dsn, timeout=10, server_settings={"application_name": "cairn"})
+
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
@@ -55,7 +66,7 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> A
         pool_pre_ping=True,
         pool_timeout=10,
         pool_recycle=1800,
-        connect_args={"server_settings": {"application_name": "cairn"}, "timeout": 10},
+        async_creator=connect,
     )
 
 
@@ -65,9 +76,26 @@ def alembic_config() -> Config:
     return cfg
 
 
+def _stored_revisions(sync_conn: Connection) -> set[str]:
+    if sync_conn.execute(text("SELECT to_regclass('alembic_version')")).scalar() is None:
+        return set()
+    return {str(r[0]) for r in sync_conn.execute(text("SELECT version_num FROM alembic_version"))}
+
+
 def _upgrade(sync_conn: Connection) -> None:
     cfg = alembic_config()
     cfg.attributes["connection"] = sync_conn
+    newer = _stored_revisions(sync_conn) - known_revisions()
+    if newer:
+        # A newer release migrated this database (its migrations add, never take away, so this
+        # code still works on it): nothing to do here, and nothing this code could undo.
+        log.warning(
+            "the database schema is at %s, newer than this server's migrations (head %s): "
+            "left as it is",
+            ", ".join(sorted(newer)),
+            ", ".join(sorted(script_heads())),
+        )
+        return
     command.upgrade(cfg, "head")
 
 
@@ -88,13 +116,22 @@ def script_heads() -> set[str]:
 _SCRIPT_HEADS: set[str] | None = None
 
 
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every migration this code has (a revision not among them is a newer release's)."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return frozenset(r.revision for r in scripts.walk_revisions())
+
+
 async def at_head(conn: Conn) -> bool:
-    """Whether the database's schema is at the newest migration."""
+    """Whether the database's schema is one this code can serve: at its newest migration, or
+    migrated further by a newer release (whose migrations only add: during a rolling upgrade
+    the old replicas keep serving once the new release's migration has run)."""
     exists = (await conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar()
     if not exists:
         return False
-    rows = await conn.execute("SELECT version_num FROM alembic_version")
-    return {str(r[0]) for r in rows} == script_heads()
+    stored = {str(r[0]) for r in await conn.execute("SELECT version_num FROM alembic_version")}
+    return stored == script_heads() or bool(stored - known_revisions())
 
 
 def sqlstate(err: BaseException) -> str | None:
@@ -106,6 +143,12 @@ def sqlstate(err: BaseException) -> str | None:
     return None
 
 
+def _retry_pause(attempt: int) -> float:
+    """Before retrying an aborted transaction: growing, with jitter, so two transactions that
+    deadlocked do not meet again in step."""
+    return random.uniform(0.005, 0.02) * attempt
+
+
 def translate(err: BaseException) -> BaseException:
     """Map a driver error to a domain error, or return it unchanged."""
     # A value asyncpg itself could not encode (not SQLSTATE 22, which the server raises): a bug.
@@ -114,6 +157,11 @@ def translate(err: BaseException) -> BaseException:
         return err
     code = sqlstate(err)
     if code is not None:
+        if code in RETRYABLE_SQLSTATES:  # still aborted after the retries: nothing applied
+            return DatabaseBusy(
+                f"the database aborted this request's transaction (SQLSTATE {code}) on every"
+                " try: contention with concurrent requests; nothing was applied, send it again"
+            )
         if code in ("22021", "22P05"):  # a NUL (or a character the encoding lacks) in text
             return InvalidPayload(
                 "a text value holds a character Postgres cannot store, such as NUL (\\u0000)"
@@ -158,9 +206,24 @@ def refused(err: BaseException) -> bool:
     )
 
 
+# The TLS switch as SQLAlchemy's asyncpg dialect spells it (``?ssl=require``), and libpq
+# options asyncpg does not take (it would send them to the server as settings, which refuses
+# them): both are mapped, so a URL works whichever way a provider documents it.
+_SSL_AS_SSLMODE = {"true": "require", "false": "disable"}
+_LIBPQ_ONLY = ("connect_timeout",)
+
+
 def asyncpg_dsn(url: str) -> str:
-    """A libpq-style URL asyncpg accepts, from any postgres URL."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """A libpq-style URL asyncpg accepts, from any postgres URL (``?sslmode=require`` or
+    ``?ssl=require``, ``connect_timeout`` ignored: every connection has a 10 s timeout)."""
+    u = make_url(url).set(drivername="postgresql")
+    query = dict(u.query)
+    ssl = query.pop("ssl", None)
+    if isinstance(ssl, str) and "sslmode" not in query:
+        query["sslmode"] = _SSL_AS_SSLMODE.get(ssl.lower(), ssl)
+    for option in _LIBPQ_ONLY:
+        query.pop(option, None)
+    return u.set(query=query).render_as_string(hide_password=False)
 
 
 # What a driver call can raise; anything else is a bug and propagates as it is.
@@ -205,7 +268,10 @@ class Database:
             pool = await self._get_pool()
             raw = await pool.acquire(timeout=self.acquire_timeout_s)
         except TimeoutError as err:
-            raise DatabaseUnavailable("database connection pool exhausted") from err
+            raise DatabaseUnavailable(
+                f"no database connection within {self.acquire_timeout_s:g} s (the database does"
+                " not answer, or every pooled connection is busy)"
+            ) from err
         except DRIVER_ERRORS as err:
             raise translate(err) from err
         broken = False
@@ -256,7 +322,7 @@ class Database:
             except DRIVER_ERRORS as err:
                 if sqlstate(err) in RETRYABLE_SQLSTATES and attempt < attempts:
                     log.info("retrying transaction after %s", sqlstate(err))
-                    await asyncio.sleep(0.01 * attempt)
+                    await asyncio.sleep(_retry_pause(attempt))
                     continue
                 if not began and _connection_error(err) and stale_retries > 0:
                     stale_retries -= 1  # nothing was sent but BEGIN: safe on a fresh connection
@@ -277,7 +343,7 @@ class Database:
             except DRIVER_ERRORS as err:
                 if sqlstate(err) in RETRYABLE_SQLSTATES and attempt < attempts:
                     log.info("retrying statement after %s", sqlstate(err))
-                    await asyncio.sleep(0.01 * attempt)
+                    await asyncio.sleep(_retry_pause(attempt))
                     continue
                 raise translate(err) from err
 

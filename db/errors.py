@@ -59,6 +59,13 @@ class DatabaseUnavailable(CairnDBError):
     code = "database_unavailable"
 
 
+class DatabaseBusy(DatabaseUnavailable):
+    """Postgres kept aborting the request's transaction (deadlock, serialization failure)
+    after every retry: nothing was applied, and the same request may pass a moment later."""
+
+    code = "database_busy"
+
+
 class SchemaNotReady(DatabaseUnavailable):
     """The database answers but its schema is not this server's (migrations not run)."""
 

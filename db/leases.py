@@ -252,10 +252,19 @@ async def _conflict(
             conflicting=True,
             reason="lease_expired",
         )
-    benign = not older and (
-        (output_json is not None and row.token_outcome == "succeeded" and row.same_output)
-        or (output_json is None and row.token_outcome == "failed" and row.same_error)
+    repeat = (output_json is not None and row.token_outcome == "succeeded" and row.same_output) or (
+        output_json is None and row.token_outcome == "failed" and row.same_error
     )
+    if row.token_outcome in ("succeeded", "failed"):
+        # The holder's own attempt already reported, whatever became of the step run since (a
+        # retryable failure queued it again): the same result again is a resend, not a second run.
+        return LeaseConflict(
+            "already_finished",
+            f"that attempt already reported ({row.token_outcome}); the step run is {row.status}",
+            conflicting=not repeat,
+            reason="already_finished",
+        )
+    benign = not older and repeat
     if row.status in ("succeeded", "failed", "skipped") and not older:
         return LeaseConflict(
             "already_finished",

@@ -48,6 +48,9 @@ _INSERT_RUNS = """r AS (
   SELECT x.id, :tenant, wf.id, :name, wf.version, 'queued', x.input -> 'v', x.idem,
          gen_random_uuid(), {NOW}
   FROM x CROSS JOIN wf
+  -- In key order: two requests whose keys overlap take the key index's entries in one order,
+  -- never each waiting for the other (a deadlock). Runs with no key stay in the listed order.
+  ORDER BY x.idem, x.id
   ON CONFLICT (tenant_id, workflow_name, idempotency_key) DO NOTHING
   RETURNING id, tenant_id, workflow_name, version, status, input, idempotency_key, error,
     created_at, started_at, finished_at

@@ -144,15 +144,27 @@ async def test_a_repeated_failure_is_benign_only_with_the_same_error(api: Api) -
     body = {"lease_token": t["lease_token"], "error": err, "retryable": True}
     path = f"/step-runs/{t['step_run_id']}/fail"
     assert (await api.json("POST", path, json=body))["status"] == "queued"  # retried later
+    # The holder's own attempt already reported, though the step run is queued again.
     same = await api.call("POST", path, 409, json=body)
-    assert same.json()["conflicting"] is False
+    assert (same.json()["code"], same.json()["conflicting"]) == ("already_finished", False)
     other = {**body, "error": {"type": "Other", "message": "zz"}}
-    assert (await api.call("POST", path, 409, json=other)).json()["conflicting"] is True
-    for conflicting in ("false", "true"):
-        labels = {"reason": "lease_lost", "conflicting": conflicting}
-        assert await api.metric("cairn_duplicate_completions_total", **labels) == 1
+    r = await api.call("POST", path, 409, json=other)
+    assert (r.json()["code"], r.json()["conflicting"]) == ("already_finished", True)
+    r = await api.complete(t, "after all", expect=409)
+    assert (r.json()["code"], r.json()["conflicting"]) == ("already_finished", True)
+    # Still so once the next attempt holds the step run: a resend is not a second run.
+    await api.age(80)  # past the backoff: 60 s, jitter 0.2
+    [t2] = await api.poll(w)
+    assert t2["attempt"] == 2
+    same = await api.call("POST", path, 409, json=body)
+    assert (same.json()["code"], same.json()["conflicting"]) == ("already_finished", False)
+    for conflicting, n in (("false", 2), ("true", 2)):
+        labels = {"reason": "already_finished", "conflicting": conflicting}
+        assert await api.metric("cairn_duplicate_completions_total", **labels) == n
+    await api.complete(t2, "ok")
     stored = await api.run((await api.json("GET", "/runs?workflow=df"))["runs"][0]["id"])
     assert stored["steps"][0]["attempts"][0]["error"] == err
+    assert stored["steps"][0]["output"] == "ok"
 
 
 async def test_execution_timeout_counts_as_retryable_failure(api: Api) -> None:

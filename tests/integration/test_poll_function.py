@@ -100,7 +100,9 @@ async def test_a_child_queued_by_a_carried_result_wakes_a_waiting_poll(
         await asyncio.sleep(0.3)
         with count_statements(api) as seen:
             out = await poll(api, wa, max_tasks=1, wait_s=0, results=[result(a, {"x": 1})])
-        assert len(seen) == 1 and out["results"][0]["status"] == "succeeded"
+        # One statement for the carrying poll; the woken poll's claim may land in this window.
+        mine = [q for q in seen if not q.lstrip().startswith("WITH w AS")]
+        assert len(mine) == 1 and out["results"][0]["status"] == "succeeded"
 
     woken, _ = await asyncio.gather(api.poll(wb, wait_s=20), carry_soon())
     assert [(t["step"], t["parents"]) for t in woken] == [("b", {"a": {"x": 1}})]

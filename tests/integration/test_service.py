@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import CheckConstraint, text
@@ -16,6 +18,7 @@ from sqlalchemy.engine import Connection
 from api.app import create_app
 from api.openapi import render
 from api.settings import Settings
+from db.engine import migrate
 from db.models import metadata
 from tests.integration.conftest import Api
 
@@ -49,6 +52,27 @@ async def test_a_database_behind_the_servers_schema_is_not_ready_never_a_500(api
     listed = await api.client.get("/api/v1/workflows")
     assert listed.status_code == 503 and listed.headers["retry-after"] == "1"
     assert listed.json()["code"] == "not_ready" and "cairn migrate" in listed.json()["detail"]
+
+
+async def test_a_database_a_newer_release_migrated_stays_ready_and_is_not_migrated(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling upgrade: the new release's migration job runs while old replicas serve. Its
+    migrations only add, so an old replica stays ready, and one that restarts (migrating at
+    start, as by default) leaves the schema alone instead of failing on a revision it lacks."""
+    async with api.svc.db.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE runs ADD COLUMN from_a_newer_release int"))
+        await conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_later'"))
+    ready = await api.client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    await api.register("later", [{"name": "s"}])
+    assert (await api.trigger("later"))["status"] == "queued"
+    with caplog.at_level(logging.WARNING, logger="cairn.db"):
+        await migrate(api.svc.db.engine)
+    assert any("newer than this server" in r.getMessage() for r in caplog.records)
+    async with api.svc.db.engine.connect() as conn:
+        version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+    assert version == "9999_from_later"
 
 
 async def test_metrics_exposes_the_documented_series(api: Api) -> None:

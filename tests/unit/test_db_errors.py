@@ -7,7 +7,7 @@ import asyncpg.exceptions._base as asyncpg_base
 import pytest
 
 from db.engine import translate
-from db.errors import DatabaseUnavailable, InvalidPayload, SchemaNotReady
+from db.errors import DatabaseBusy, DatabaseUnavailable, InvalidPayload, SchemaNotReady
 
 
 @pytest.mark.parametrize(
@@ -22,6 +22,7 @@ from db.errors import DatabaseUnavailable, InvalidPayload, SchemaNotReady
         asyncpg.InterfaceError("connection is closed"),
         asyncpg_base.InternalClientError("cannot switch to state 12"),
         ConnectionRefusedError(111, "refused"),
+        asyncpg.ObjectNotInPrerequisiteStateError("database is not accepting connections"),
     ],
 )
 def test_connection_level_errors_mean_unavailable(err: BaseException) -> None:
@@ -40,11 +41,24 @@ def test_client_side_encoding_errors_and_unknown_errors_stay_as_they_are() -> No
     assert translate(other) is other
 
 
-def test_a_missing_table_or_function_means_the_schema_is_not_migrated() -> None:
-    for err in (
-        asyncpg.UndefinedTableError('relation "workflows" does not exist'),  # 42P01
-        asyncpg.UndefinedFunctionError("function cairn_poll(...) does not exist"),  # 42883
-    ):
-        translated = translate(err)
-        assert isinstance(translated, SchemaNotReady) and translated.status == 503
-        assert translated.code == "not_ready"
+@pytest.mark.parametrize(
+    ("err", "kind", "code"),
+    [
+        # The database is not migrated (a table or function is missing).
+        (asyncpg.UndefinedTableError('relation "workflows" does not exist'), SchemaNotReady,
+         "not_ready"),  # 42P01
+        (asyncpg.UndefinedFunctionError("function cairn_poll(...) does not exist"),
+         SchemaNotReady, "not_ready"),  # 42883
+        # Still aborted after the transaction's retries: nothing applied, send it again.
+        (asyncpg.DeadlockDetectedError("deadlock detected"), DatabaseBusy,
+         "database_busy"),  # 40P01
+        (asyncpg.SerializationError("could not serialize access"), DatabaseBusy,
+         "database_busy"),  # 40001
+    ],
+)  # fmt: skip
+def test_503s_that_are_not_a_lost_connection(
+    err: BaseException, kind: type[DatabaseUnavailable], code: str
+) -> None:
+    translated = translate(err)
+    assert isinstance(translated, kind) and translated.status == 503
+    assert translated.code == code
