@@ -218,6 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         if settings.run_migrations:
             await migrate(db.engine)
+            await db.engine.dispose()  # its connection is not kept for the process's life
         notifier = Notifier(url)
         svc = Service(settings, db, notifier, metrics)
         app.state.service = svc
@@ -305,6 +306,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ).scalar_one()
             svc.metrics.set_gauges(depth, int(workers))
         except Exception as err:
+            svc.metrics.gauges_unknown()
             log.warning("metrics gauges not refreshed: %s", str(err) or type(err).__name__)
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 

@@ -1,19 +1,23 @@
-"""``cairn tenant ...`` and ``cairn token ...``: manage tenants and API tokens in the database.
+"""``cairn tenant ...``, ``cairn token ...`` and ``cairn check``.
 
 They work against ``CAIRN_DATABASE_URL`` or, without it, the embedded Postgres in
-``CAIRN_DATA_DIR`` (``--data-dir``), and bring the schema to head first.
+``CAIRN_DATA_DIR`` (``--data-dir``). ``tenant`` and ``token`` bring the schema to head first;
+``check`` only reads, and refuses a database whose schema is not at head.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:  # `cairn worker` runs on SDK-only hosts: no server imports at load time
+    from api.settings import Settings
     from db.pg import Conn
 
 T = TypeVar("T")
@@ -54,32 +58,98 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     check.add_argument("--data-dir", help=data_dir_help)
 
 
-def _with_database(data_dir: str | None, fn: Callable[[Conn], Awaitable[T]]) -> T:
-    """Migrate, then run ``fn`` in one transaction on the configured (or embedded) database."""
-    from api.settings import Settings
-    from db.embedded import EmbeddedPostgres
-    from db.engine import Database, create_engine, migrate
+class NotAtHead(Exception):
+    """The database's schema is not the one this cairn's migrations end at."""
 
-    settings = Settings()
+
+def _with_database(
+    settings: Settings, fn: Callable[[Conn], Awaitable[T]], *, migrate: bool = True
+) -> T:
+    """Run ``fn`` in one transaction on the configured (or embedded) database: migrated first,
+    or with ``migrate=False`` only if its schema is already at head (else :class:`NotAtHead`)."""
+    from db.embedded import EmbeddedPostgres
+    from db.engine import Database, create_engine
+    from db.engine import migrate as migrate_schema
+
     embedded = None
     url = settings.database_url
     if url is None:
-        embedded = EmbeddedPostgres(data_dir or settings.data_dir)
+        if not migrate and not Path(settings.data_dir).is_dir():
+            raise NotAtHead(f"no embedded database in {settings.data_dir}")
+        embedded = EmbeddedPostgres(settings.data_dir)
         url = embedded.start()
 
     async def go(url: str) -> T:
         db = Database(create_engine(url, pool_size=1, max_overflow=0), pool_size=2)
         try:
-            await migrate(db.engine)
+            if migrate:
+                await migrate_schema(db.engine)
+            else:
+                async with db.connect() as conn:
+                    problem = await schema_problem(conn)
+                if problem:
+                    raise NotAtHead(problem)
             return await db.transaction(fn)
         finally:
             await db.dispose()
 
     try:
-        return asyncio.run(go(url))
+        with reaching_database():
+            return asyncio.run(go(url))
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+async def schema_problem(conn: Conn) -> str | None:
+    """What is wrong with the database's schema for this cairn, or None when it is at head."""
+    from db.engine import script_heads
+
+    head = ", ".join(sorted(script_heads()))
+    if not (await conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar():
+        return f"the database has no Cairn schema (never migrated; head is {head})"
+    found = {str(r[0]) for r in await conn.execute("SELECT version_num FROM alembic_version")}
+    if found == script_heads():
+        return None
+    at = ", ".join(sorted(found)) or "none"
+    return f"the database schema is at revision {at}, not at this cairn's head {head}"
+
+
+class DatabaseFailure(Exception):
+    """The database could not be reached or used; the message says why, in one line."""
+
+
+@contextlib.contextmanager
+def reaching_database() -> Iterator[None]:
+    """Turn a failure to reach the database inside the block into :class:`DatabaseFailure`."""
+    try:
+        yield
+    except Exception as err:
+        reason = database_failure(err)
+        if reason is None:
+            raise
+        raise DatabaseFailure(reason) from err
+
+
+def database_failure(err: BaseException) -> str | None:
+    """One line saying why the database could not be used, or None if ``err`` is not about
+    reaching it (refused, unknown host, timed out, bad credentials, no such database)."""
+    from db.engine import translate
+    from db.errors import DatabaseUnavailable
+
+    if not isinstance(err, DatabaseUnavailable | OSError) and not isinstance(
+        translate(err), DatabaseUnavailable
+    ):
+        return None
+    root: BaseException = err
+    seen = {id(root)}
+    while True:  # the driver's own words: SQLAlchemy keeps them in .orig, we in __cause__
+        nxt = getattr(root, "orig", None) or root.__cause__
+        if not isinstance(nxt, BaseException) or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        root = nxt
+    return " ".join(str(root).split()) or type(root).__name__
 
 
 def _when(value: datetime | None) -> str:
@@ -93,27 +163,27 @@ def _table(rows: list[list[str]]) -> str:
     )
 
 
-def _tenant(args: argparse.Namespace) -> int:
+def _tenant(args: argparse.Namespace, settings: Settings) -> int:
     from db import tokens
 
     if args.action == "create":
-        tid = _with_database(args.data_dir, lambda conn: tokens.create_tenant(conn, args.name))
+        tid = _with_database(settings, lambda conn: tokens.create_tenant(conn, args.name))
         print(tid)
         print(f"cairn: tenant {args.name!r} created", file=sys.stderr)
         return 0
-    rows = _with_database(args.data_dir, tokens.list_tenants)
+    rows = _with_database(settings, tokens.list_tenants)
     table = [["ID", "NAME", "CREATED"]]
     table += [[str(r.id), r.name, _when(r.created_at)] for r in rows]
     print(_table(table))
     return 0
 
 
-def _token(args: argparse.Namespace) -> int:
+def _token(args: argparse.Namespace, settings: Settings) -> int:
     from db import tokens
 
     if args.action == "create":
         token, prefix = _with_database(
-            args.data_dir,
+            settings,
             lambda conn: tokens.create_token(conn, args.tenant, args.role, args.name),
         )
         print(token)
@@ -124,7 +194,7 @@ def _token(args: argparse.Namespace) -> int:
         )
         return 0
     if args.action == "list":
-        infos = _with_database(args.data_dir, lambda conn: tokens.list_tokens(conn, args.tenant))
+        infos = _with_database(settings, lambda conn: tokens.list_tokens(conn, args.tenant))
         table = [["PREFIX", "TENANT", "ROLE", "NAME", "CREATED", "LAST USED", "REVOKED"]]
         table += [
             [
@@ -140,7 +210,7 @@ def _token(args: argparse.Namespace) -> int:
         ]
         print(_table(table))
         return 0
-    found = _with_database(args.data_dir, lambda conn: tokens.revoke(conn, args.prefix))
+    found = _with_database(settings, lambda conn: tokens.revoke(conn, args.prefix))
     if not found:
         print(f"cairn: error: no token with prefix {args.prefix!r}", file=sys.stderr)
         return 1
@@ -152,26 +222,34 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace, settings: Settings) -> int:
     from db.check import Violation, run_checks
 
     async def go(conn: Conn) -> list[Violation]:
         return await run_checks(conn, slack_s=args.slack)
 
-    found = _with_database(args.data_dir, go)
+    found = _with_database(settings, go, migrate=False)
     for v in found:
         print(f"{v.check}\t{v.detail}")
     print(f"cairn check: {len(found)} violation(s)", file=sys.stderr)
     return 1 if found else 0
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 0 done; 1 the command ran and says no (violations found, no such token, a name
+    taken); 2 it could not run (database unreachable, schema not at head for ``check``)."""
     from db.tokens import TokenAdminError
 
-    if args.command == "check":
-        return _check(args)
     try:
-        return _tenant(args) if args.command == "tenant" else _token(args)
+        if args.command == "check":
+            return _check(args, settings)
+        return _tenant(args, settings) if args.command == "tenant" else _token(args, settings)
     except TokenAdminError as err:
         print(f"cairn: error: {err}", file=sys.stderr)
         return 1
+    except NotAtHead as err:
+        print(
+            f"cairn {args.command}: {err}: run `cairn migrate` first (nothing was checked)",
+            file=sys.stderr,
+        )
+        return 2

@@ -116,7 +116,7 @@ class DatabaseGauges(Collector):
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._depth: dict[str, int] = {}
-        self._workers = 0
+        self._workers: int | None = None  # None: the last read failed, the values are unknown
         self._lock = threading.Lock()
         registry.register(self)
 
@@ -125,9 +125,19 @@ class DatabaseGauges(Collector):
             self._depth = {**dict.fromkeys(self._depth, 0), **depth}
             self._workers = workers
 
+    def unknown(self) -> None:
+        """The database could not be read: leave both out (absent, not a stale or false 0)."""
+        with self._lock:
+            self._workers = None
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
             depth, workers = dict(self._depth), self._workers
+        if workers is None:
+            return
+        yield from self._families(depth, workers)
+
+    def _families(self, depth: dict[str, int], workers: int) -> Iterator[GaugeMetricFamily]:
         doc = "Queued step runs per action (from the database)"
         family = GaugeMetricFamily("cairn_queue_depth", doc, labels=["action"])
         for action, n in sorted(depth.items()):
@@ -138,7 +148,7 @@ class DatabaseGauges(Collector):
         )
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
-        yield from self.collect()
+        yield from self._families({}, 0)
 
 
 class Metrics:
@@ -225,6 +235,9 @@ class Metrics:
 
     def set_gauges(self, depth: dict[str, int], workers: int) -> None:
         self.database_gauges.set(depth, workers)
+
+    def gauges_unknown(self) -> None:
+        self.database_gauges.unknown()
 
     def render(self) -> bytes:
         return generate_latest(self._exposed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -112,3 +113,21 @@ def server(procs: Callable[..., Proc], db_url: str) -> Callable[..., Proc]:
         return proc
 
     return start
+
+
+def render_nginx(tmp: Path, listen: int, upstreams: list[int]) -> Path:
+    """The shipped config, its `server apiN:8080 ...` lines pointed at local ports (keeping
+    their max_fails/fail_timeout), listening on 127.0.0.1:`listen`."""
+    conf = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
+    shipped = re.findall(r"^        server api\d+:8080( [^\n]*)?;\n", conf, re.M)
+    assert shipped, "no `server apiN:8080` lines in deploy/nginx/nginx.conf"
+    params = shipped[0]
+    servers = "".join(f"        server 127.0.0.1:{p}{params};\n" for p in upstreams)
+    conf = re.sub(r"(        server api\d+:8080[^\n]*\n)+", servers, conf)
+    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{listen};")
+    conf = conf.replace("pid /tmp/cairn-nginx.pid;", f"pid {tmp}/nginx.pid;")
+    conf = conf.replace("worker_processes auto;", "worker_processes 1;")
+    path = tmp / "nginx.conf"
+    path.write_text(conf)
+    (tmp / "logs").mkdir(exist_ok=True)
+    return path

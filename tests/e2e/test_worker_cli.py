@@ -3,13 +3,13 @@ command line's `--url` and `$CAIRN_TOKEN` reach it, against a real server with a
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
+from tests.cli import run_cairn
 from tests.e2e.conftest import ROOT, Proc, wait_until
 from worker_sdk import Client
 
@@ -30,14 +30,7 @@ worker = Worker("http://127.0.0.1:9", workflows=[shop], slots=2)
 
 
 def cairn(*args: str, env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cairn(*args, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import signal
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import ROOT, Proc, free_port, wait_until
+from tests.e2e.conftest import Proc, free_port, render_nginx, wait_until
 from tests.faults import flows
 from tests.faults.load import audit
 from worker_sdk import AsyncClient
@@ -28,21 +27,6 @@ RUNS = 600
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (.ci/run installs it)"
 )
-
-
-def render_nginx(tmp: Path, listen: int, upstreams: list[int]) -> Path:
-    conf = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
-    servers = "".join(
-        f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;\n" for p in upstreams
-    )
-    conf = re.sub(r"(        server api\d+:8080[^\n]*\n)+", servers, conf)
-    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{listen};")
-    conf = conf.replace("pid /tmp/cairn-nginx.pid;", f"pid {tmp}/nginx.pid;")
-    conf = conf.replace("worker_processes auto;", "worker_processes 1;")
-    path = tmp / "nginx.conf"
-    path.write_text(conf)
-    (tmp / "logs").mkdir(exist_ok=True)
-    return path
 
 
 async def test_replica_killed_behind_nginx(

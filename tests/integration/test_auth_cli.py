@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -13,28 +12,17 @@ import httpx
 
 from api.app import create_app
 from api.settings import Settings
+from tests.cli import cli_env, run_cairn
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
-    env.update(extra)
-    return env
+    return cli_env(**extra)
 
 
 async def cairn(*args: str, env: dict[str, str], expect: int = 0) -> str:
-    def go() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "api.cli", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    proc = await asyncio.to_thread(go)
+    proc = await asyncio.to_thread(run_cairn, *args, env=env)
     assert proc.returncode == expect, (args, proc.returncode, proc.stdout, proc.stderr)
     return proc.stdout
 

@@ -157,3 +157,14 @@ async def test_a_started_server_tunes_the_gc_unless_told_not_to(
         gc.unfreeze()
         gc.set_threshold(*before)
     assert seen == {0: (before, False), 4_321: ((4_321, *before[1:]), True)}
+
+
+async def test_a_replica_that_migrated_at_start_keeps_no_connection_for_it(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """Sizing: once started, a replica holds its LISTEN connection and its request pool (opened
+    on demand), not the migrations' connection too."""
+    app = create_app(settings_factory(run_migrations=True))
+    async with app.router.lifespan_context(app):
+        migrations_pool = app.state.service.db.engine.pool
+        assert migrations_pool.checkedin() + migrations_pool.checkedout() == 0

@@ -43,4 +43,3 @@ async def test_overlapping_keys_in_other_orders_never_deadlock(
     assert len(made) == 25 * 8
     retried = [r.getMessage() for r in caplog.records if "40P01" in r.getMessage()]
     assert retried == []
-
