@@ -191,10 +191,12 @@ def _document_problems(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            doc = generate()
-            doc.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
-                Problem.model_json_schema(mode="serialization")
+            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
+            problem = Problem.model_json_schema(
+                mode="serialization", ref_template="#/components/schemas/{model}"
             )
+            schemas.update(problem.pop("$defs", {}))
+            schemas["Problem"] = problem
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -309,7 +309,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "worker":  # only reached with options before it: `cairn -- worker`
         return _worker([])
-    from api.settings import SettingsError
+    try:
+        from api.settings import SettingsError
+    except ModuleNotFoundError as err:  # an SDK-only install (`pip install cairn`)
+        print(
+            f"cairn: error: `cairn {args.command}` needs the server's packages ({err.name} is"
+            " missing): pip install 'cairn[server]'",
+            file=sys.stderr,
+        )
+        return 2
 
     try:
         settings = load(args)

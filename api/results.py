@@ -11,7 +11,7 @@ from typing import Any
 
 from api.schemas import ResultIn
 from db import leases, payloads
-from db.errors import CairnDBError, InvalidPayload, LeaseConflict, NotFound
+from db.errors import CairnDBError, InvalidPayload, LeaseConflict, NotFound, PayloadTooLarge
 from db.pg import Conn
 from db.types import Effects
 
@@ -55,6 +55,17 @@ class Batch:
         return [r for r in self.refusals if isinstance(r, LeaseConflict)]
 
 
+def _dump(value: Any, i: int, part: str, limit: int) -> str:
+    """One item's payload as JSON text; refused, the problem names the item where a program can
+    read it (``errors[0].loc``, as a validation error's), not only in ``detail``."""
+    try:
+        return payloads.dump(value, field=f"results[{i}].{part}", limit=limit)
+    except (InvalidPayload, PayloadTooLarge) as err:
+        loc = ["body", "results", str(i), part]  # as a validation error's ``loc``
+        err.extra.setdefault("errors", [{"loc": loc, "msg": err.detail, "type": err.code}])
+        raise
+
+
 def prepare(items: list[ResultIn], *, max_batch: int, max_payload_bytes: int) -> Batch:
     """Check sizes and encode outputs before any transaction starts (422/413 on bad input)."""
     if len(items) > max_batch:
@@ -71,13 +82,11 @@ def prepare(items: list[ResultIn], *, max_batch: int, max_payload_bytes: int) ->
                 continue
             seen.add(sid)
             if item.error is None:
-                output = payloads.dump(
-                    item.output, field=f"results[{i}].output", limit=max_payload_bytes
-                )
+                output = _dump(item.output, i, "output", max_payload_bytes)
                 batch.completions.append((i, (sid, token, output)))
             else:
                 error = item.error.model_dump()
-                payloads.dump(error, field=f"results[{i}].error", limit=max_payload_bytes)
+                _dump(error, i, "error", max_payload_bytes)
                 batch.failures.append((i, item, error))
         pending = repeats
         if pending:

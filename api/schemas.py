@@ -286,6 +286,12 @@ class ResultsOut(BaseModel):
     results: list[ResultOut]
 
 
+class ProblemItem(BaseModel):
+    loc: list[str] = Field(description='Where in the request: ["body", "results", "3", "output"].')
+    msg: str
+    type: str
+
+
 class Problem(BaseModel):
     type: str
     title: str
@@ -293,3 +299,8 @@ class Problem(BaseModel):
     detail: str
     code: str
     instance: str | None = None
+    errors: list[ProblemItem] | None = Field(
+        default=None,
+        description="What in the request was refused, when it can be pointed at (422 "
+        "validation errors; a results item the server cannot store, 413 or 422).",
+    )

@@ -49,15 +49,25 @@ def get_workflow(name: str) -> Call:
     return Call("GET", f"{PREFIX}/workflows/{_seg(name)}")
 
 
+class _NoInput:
+    """The ``input`` not given: the server stores ``{}`` (``None`` is JSON ``null``)."""
+
+    def __repr__(self) -> str:
+        return "NO_INPUT"
+
+
+NO_INPUT: Any = _NoInput()
+
+
 def trigger(
     name: str,
-    input: Any = None,
+    input: Any = NO_INPUT,
     *,
     idempotency_key: str | None = None,
     version: int | None = None,
 ) -> Call:
     body: dict[str, Any] = {}
-    if input is not None:
+    if input is not NO_INPUT:
         body["input"] = input
     if idempotency_key is not None:
         body["idempotency_key"] = idempotency_key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -13,8 +14,14 @@ import httpx
 
 from worker_sdk import calls
 from worker_sdk.calls import Call
-from worker_sdk.errors import CairnError, RunWaitTimeout
-from worker_sdk.transport import RetryPolicy, asend, send
+from worker_sdk.errors import APIError, CairnError, HTTPError, InvalidArgument, RunWaitTimeout
+from worker_sdk.transport import (
+    NEVER_RETRY_ERRORS,
+    TRANSIENT_STATUSES,
+    RetryPolicy,
+    asend,
+    send,
+)
 from worker_sdk.workflow import Workflow
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -47,10 +54,10 @@ def definition_of(
     """``(name, definition)`` from a ``Workflow`` or from a raw definition plus its name."""
     if isinstance(workflow, Workflow):
         if name is not None and name != workflow.name:
-            raise CairnError(f"name {name!r} differs from the workflow's {workflow.name!r}")
+            raise InvalidArgument(f"name {name!r} differs from the workflow's {workflow.name!r}")
         return workflow.name, workflow.definition()
     if not name:
-        raise CairnError("registering a raw definition needs name=...")
+        raise InvalidArgument("registering a raw definition needs name=...")
     return name, dict(workflow)
 
 
@@ -60,6 +67,55 @@ def body_of(response: httpx.Response) -> Any:
 
 def _is_terminal(run: Mapping[str, Any]) -> bool:
     return run.get("status") in TERMINAL_RUN_STATUSES
+
+
+def _rides_out(err: CairnError) -> bool:
+    """A failure ``wait`` keeps trying through until its own deadline: the server unreachable,
+    or answering that it cannot serve now."""
+    if isinstance(err, APIError):
+        return err.status in TRANSIENT_STATUSES
+    return isinstance(err, HTTPError) and not isinstance(err.__cause__, NEVER_RETRY_ERRORS)
+
+
+class _Waiting:
+    """What ``Client.wait`` and ``AsyncClient.wait`` share: the deadline, each request's limits
+    (cut to the time left), and what follows each answer or failure."""
+
+    def __init__(
+        self, run_id: str, timeout: float, poll_interval: float, clock: Callable[[], float]
+    ) -> None:
+        self.run_id, self.timeout, self.poll_interval = run_id, timeout, poll_interval
+        self.clock = clock
+        self.deadline = clock() + timeout
+        self.last: dict[str, Any] = {}
+        self._seen = False
+
+    def limits(self, policy: RetryPolicy, timeout: float) -> tuple[float, RetryPolicy]:
+        """The next request's timeout and retry budget."""
+        left = max(self.deadline - self.clock(), 0.0)
+        return max(min(timeout, left), 0.1), dataclasses.replace(policy, deadline_s=left)
+
+    def failed(self, err: CairnError) -> float:
+        """Seconds to pause before asking again; raises what ends the wait."""
+        if not _rides_out(err):
+            raise err
+        left = self.deadline - self.clock()
+        if left <= 0:
+            raise RunWaitTimeout(self.run_id, self.timeout, self._last()) from err
+        return min(self.poll_interval, left)
+
+    def answered(self, run: dict[str, Any]) -> float | None:
+        """Seconds to pause before asking again; None once the run is finished."""
+        self.last, self._seen = run, True
+        if _is_terminal(run):
+            return None
+        left = self.deadline - self.clock()
+        if left <= 0:
+            raise RunWaitTimeout(self.run_id, self.timeout, run)
+        return min(self.poll_interval, left)
+
+    def _last(self) -> dict[str, Any] | None:
+        return self.last if self._seen else None
 
 
 class Client:
@@ -79,6 +135,7 @@ class Client:
     ) -> None:
         self.url = resolve_url(url)
         self.retry = retry or RetryPolicy()
+        self._timeout = timeout
         self._sleep = sleep
         self._clock = clock
         self._http = httpx.Client(
@@ -123,11 +180,12 @@ class Client:
     def trigger(
         self,
         workflow_name: str,
-        input: Any = None,
+        input: Any = calls.NO_INPUT,
         idempotency_key: str | None = None,
         version: int | None = None,
     ) -> dict[str, Any]:
-        """Start a run; returns the Run. ``input=None`` lets the server default it to ``{}``."""
+        """Start a run; returns the Run. Without ``input`` the run's input is ``{}``; any JSON
+        value, ``None`` (``null``) included, is stored as given, as ``trigger_many`` does."""
         call = calls.trigger(workflow_name, input, idempotency_key=idempotency_key, version=version)
         result: dict[str, Any] = self.call(call)
         return result
@@ -178,16 +236,28 @@ class Client:
     def wait(
         self, run_id: str, timeout: float = 60.0, poll_interval: float = 0.2
     ) -> dict[str, Any]:
-        """Poll the run until it is succeeded/failed/cancelled; raise ``RunWaitTimeout`` else."""
-        deadline = self._clock() + timeout
+        """Poll the run until it is succeeded/failed/cancelled; raise ``RunWaitTimeout`` once
+        ``timeout`` has passed, also when the server could not answer meanwhile (each request
+        and its retries are cut to the time left)."""
+        waiting = _Waiting(run_id, timeout, poll_interval, self._clock)
         while True:
-            run = self.get_run(run_id)
-            if _is_terminal(run):
-                return run
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise RunWaitTimeout(run_id, timeout, run)
-            self._sleep(min(poll_interval, remaining))
+            request_timeout, policy = waiting.limits(self.retry, self._timeout)
+            try:
+                response = send(
+                    self._http,
+                    calls.get_run(run_id),
+                    timeout=request_timeout,
+                    policy=policy,
+                    sleep=self._sleep,
+                    clock=self._clock,
+                )
+            except (APIError, HTTPError) as err:
+                self._sleep(waiting.failed(err))
+                continue
+            pause = waiting.answered(body_of(response))
+            if pause is None:
+                return waiting.last
+            self._sleep(pause)
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.call(calls.cancel_run(run_id))
@@ -214,6 +284,7 @@ class AsyncClient:
     ) -> None:
         self.url = resolve_url(url)
         self.retry = retry or RetryPolicy()
+        self._timeout = timeout
         self._clock = clock
         self._http = httpx.AsyncClient(
             base_url=self.url,
@@ -255,7 +326,7 @@ class AsyncClient:
     async def trigger(
         self,
         workflow_name: str,
-        input: Any = None,
+        input: Any = calls.NO_INPUT,
         idempotency_key: str | None = None,
         version: int | None = None,
     ) -> dict[str, Any]:
@@ -309,15 +380,24 @@ class AsyncClient:
     async def wait(
         self, run_id: str, timeout: float = 60.0, poll_interval: float = 0.2
     ) -> dict[str, Any]:
-        deadline = self._clock() + timeout
+        waiting = _Waiting(run_id, timeout, poll_interval, self._clock)
         while True:
-            run = await self.get_run(run_id)
-            if _is_terminal(run):
-                return run
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise RunWaitTimeout(run_id, timeout, run)
-            await asyncio.sleep(min(poll_interval, remaining))
+            request_timeout, policy = waiting.limits(self.retry, self._timeout)
+            try:
+                response = await asend(
+                    self._http,
+                    calls.get_run(run_id),
+                    timeout=request_timeout,
+                    policy=policy,
+                    clock=self._clock,
+                )
+            except (APIError, HTTPError) as err:
+                await asyncio.sleep(waiting.failed(err))
+                continue
+            pause = waiting.answered(body_of(response))
+            if pause is None:
+                return waiting.last
+            await asyncio.sleep(pause)
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.call(calls.cancel_run(run_id))

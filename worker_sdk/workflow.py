@@ -19,7 +19,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 Delivery = Literal["at_least_once", "at_most_once"]
 ParentRef = str | Callable[..., Any]
 
-NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+NAME_RE = re.compile(r"[a-z0-9_.-]{1,64}")  # matched whole (fullmatch: no trailing newline)
 DELIVERIES: tuple[str, ...] = ("at_least_once", "at_most_once")
 BACKOFF_FIELDS: tuple[str, ...] = ("initial_s", "factor", "max_s", "jitter")
 
@@ -80,7 +80,7 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
 
 
 def _check_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise DefinitionError(
             f"{kind} name {name!r} must match [a-z0-9_.-]{{1,64}} (pass name=... to override)"
         )

@@ -347,3 +347,32 @@ async def test_a_number_longer_than_python_converts_is_a_422_saying_so(api: Api)
     )
     assert "UTF-8" in str(bad_utf8["detail"])
     assert (await api.json("GET", "/runs"))["runs"] == []
+
+
+async def test_a_results_item_the_server_cannot_store_is_pointed_at(api: Api) -> None:
+    """The whole request is refused; the item is named where a program can read it (as in a
+    validation error's ``errors``), so a worker can send the others without it."""
+    await api.register("pt", [{"name": "s"}])
+    await api.json("POST", "/workflows/pt/runs/bulk", 201, json={"runs": [{}] * 2})
+    w = await api.worker(["pt.s"])
+    ok, bad = await api.poll(w, max_tasks=2)
+    huge = "x" * (api.svc.settings.max_payload_bytes + 10)
+    for item, status, part in (
+        ({"output": "NUL \u0000"}, 422, "output"),
+        ({"output": huge}, 413, "output"),
+    ):
+        items = [
+            {"step_run_id": ok["step_run_id"], "lease_token": ok["lease_token"], "output": 1},
+            {"step_run_id": bad["step_run_id"], "lease_token": bad["lease_token"], **item},
+        ]
+        for path, body in (
+            ("/step-runs/results", {"results": items}),
+            (f"/workers/{w}/poll", {"max_tasks": 1, "wait_s": 0, "results": items}),
+        ):
+            problem = _problem(await api.call("POST", path, json=body), status)
+            [pointed] = problem["errors"]  # type: ignore[misc]
+            assert pointed["loc"] == ["body", "results", "1", part], (path, problem)
+    # Nothing was applied: both leases are still held.
+    assert (await api.run(ok["run_id"]))["steps"][0]["status"] == "running"
+    await api.complete(ok, 1)
+    await api.complete(bad, 2)

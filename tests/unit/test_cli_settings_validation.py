@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +241,24 @@ def test_worker_flags_may_come_before_the_target(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert "unrecognized arguments" not in done.stderr
     assert "cannot import cli_fix_no_such_module:w" in done.stderr
+
+
+def test_server_commands_on_an_sdk_only_install_say_what_is_missing_in_one_line() -> None:
+    """`pip install cairn` installs the `cairn` script with the SDK only: `cairn worker` works,
+    the server's commands name the missing extra instead of a traceback."""
+    script = (
+        "import sys; sys.modules['pydantic_settings'] = None\n"  # as if never installed
+        "from api.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    for args in (["serve"], ["migrate"], ["tenant", "list"]):
+        done = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            cwd=ROOT,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, (args, done.stderr)
+        [line] = done.stderr.strip().splitlines()
+        assert "pip install 'cairn[server]'" in line and "pydantic_settings" in line, line

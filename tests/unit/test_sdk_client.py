@@ -8,7 +8,17 @@ from typing import Any
 import httpx
 import pytest
 
-from worker_sdk import AsyncClient, CairnError, Client, Context, RunWaitTimeout, Workflow
+from worker_sdk import (
+    APIError,
+    AsyncClient,
+    Client,
+    Context,
+    HTTPError,
+    InvalidArgument,
+    RetryPolicy,
+    RunWaitTimeout,
+    Workflow,
+)
 
 
 class Recorder:
@@ -41,8 +51,11 @@ def test_register_workflow_puts_its_definition_with_token() -> None:
     with make_client(rec, token="s3cret", headers={"x-extra": "1"}) as client:
         assert client.register(wf)["version"] == 1
         client.register({"steps": [{"name": "a"}]}, name="raw")
-        with pytest.raises(CairnError, match="needs name"):
+        # Raised before anything is sent: InvalidArgument, a ValueError too.
+        with pytest.raises(InvalidArgument, match="needs name"):
             client.register({"steps": []})
+        with pytest.raises(ValueError, match="differs from the workflow's"):
+            client.register(wf, name="other")
     first = rec.requests[0]
     assert (first.method, first.url.path) == ("PUT", "/api/v1/workflows/orders")
     assert first.headers["authorization"] == "Bearer s3cret"
@@ -53,19 +66,23 @@ def test_register_workflow_puts_its_definition_with_token() -> None:
 
 
 def test_trigger_list_cancel_replay() -> None:
-    rec = Recorder({"id": "r1"}, {"id": "r2"}, {"runs": [], "next_cursor": None}, {}, {})
+    rec = Recorder(
+        {"id": "r1"}, {"id": "r2"}, {"id": "r3"}, {"runs": [], "next_cursor": None}, {}, {}
+    )
     with make_client(rec) as client:
         client.trigger("orders", {"n": 1}, idempotency_key="k", version=2)
         client.trigger("orders")
+        client.trigger("orders", None)  # JSON null, as trigger_many sends it
         client.list_runs(workflow="orders", status="failed", limit=10)
         client.cancel("r1")
         client.replay("r1")
     assert rec.body(0) == {"input": {"n": 1}, "idempotency_key": "k", "version": 2}
     assert rec.body(1) == {}
-    listing = rec.requests[2].url
+    assert rec.body(2) == {"input": None}
+    listing = rec.requests[3].url
     assert listing.path == "/api/v1/runs"
     assert dict(listing.params) == {"workflow": "orders", "status": "failed", "limit": "10"}
-    assert [r.url.path for r in rec.requests[3:]] == [
+    assert [r.url.path for r in rec.requests[4:]] == [
         "/api/v1/runs/r1/cancel",
         "/api/v1/runs/r1/replay",
     ]
@@ -128,7 +145,7 @@ def test_url_defaults_to_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_arguments_that_cannot_make_a_request_raise_invalid_argument() -> None:
-    from worker_sdk import CairnError, InvalidArgument
+    from worker_sdk import CairnError
     from worker_sdk import calls as c
 
     for bad in ({1, 2}, b"bytes", float("nan")):
@@ -139,3 +156,50 @@ def test_arguments_that_cannot_make_a_request_raise_invalid_argument() -> None:
     with pytest.raises(InvalidArgument):
         c.trigger_many("w", [1, 2], idempotency_keys=["a"])
     assert issubclass(InvalidArgument, CairnError) and issubclass(InvalidArgument, ValueError)
+
+
+def test_wait_keeps_its_timeout_when_the_server_is_down() -> None:
+    """Each request and its retries are cut to what is left of the wait: a server that does
+    not answer is a ``RunWaitTimeout`` at the deadline, not an ``HTTPError`` 30 s later."""
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        now[0] += 0.01
+        raise httpx.ConnectError("refused", request=request)
+
+    client = Client("http://cairn", transport=httpx.MockTransport(refuse), sleep=sleep,
+                    clock=lambda: now[0])  # fmt: skip
+    with client, pytest.raises(RunWaitTimeout) as info:
+        client.wait("r", timeout=1, poll_interval=0.2)
+    assert 1.0 <= now[0] < 1.5
+    assert info.value.last is None and isinstance(info.value.__cause__, HTTPError)
+
+
+def test_wait_rides_out_a_busy_server_and_returns_once_it_answers() -> None:
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    answers = iter([503, 503, 200])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status = next(answers)
+        if status == 503:
+            return httpx.Response(503, json={"code": "database_unavailable"})
+        return httpx.Response(200, json={"id": "r", "status": "succeeded"})
+
+    client = Client("http://cairn", transport=httpx.MockTransport(handler), sleep=sleep,
+                    clock=lambda: now[0], retry=RetryPolicy(max_attempts=1))  # fmt: skip
+    with client:
+        assert client.wait("r", timeout=30, poll_interval=0.2)["status"] == "succeeded"
+    with client, pytest.raises(APIError):  # not a failure to ride out: at once
+        Client(
+            "http://cairn",
+            transport=httpx.MockTransport(
+                lambda r: httpx.Response(404, json={"code": "not_found"})
+            ),
+        ).wait("r", timeout=30)

@@ -206,3 +206,14 @@ def test_async_callable_object_is_detected() -> None:
     wf = Workflow("w")
     wf.step(name="h")(Handler())
     assert wf.steps[0].is_async is True
+
+
+@pytest.mark.parametrize("name", ["ok\n", "Ok", "", "x" * 65, "a b"])
+def test_names_are_checked_whole_before_anything_is_sent(name: str) -> None:
+    with pytest.raises(DefinitionError):
+        Workflow(name)
+    wf = Workflow("fine")
+    with pytest.raises(DefinitionError):
+
+        @wf.step(name=name)
+        def s(ctx: Context) -> None: ...
