@@ -89,11 +89,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # uvicorn's httptools protocol, answering malformed and stalled requests in problem+json.
     http: Any = functools.partial(CairnHttpProtocol, head_timeout_s=settings.request_head_timeout_s)
     try:
+        # Migrated here, once (not racing in each of N processes), so that a database it cannot
+        # reach is one line, not the server's start-up traceback.
+        if settings.run_migrations:
+            with cli_admin.reaching_database():
+                asyncio.run(_migrate_url(settings.database_url or ""))
+            settings = settings.model_copy(update={"run_migrations": False})
         if args.workers > 1:
             # Several processes share the socket; each builds its app from the environment.
-            if settings.run_migrations:  # once, here, rather than racing in every process
-                with cli_admin.reaching_database():
-                    asyncio.run(_migrate_url(settings.database_url or ""))
             os.environ["CAIRN_DATABASE_URL"] = settings.database_url or ""
             os.environ["CAIRN_RUN_MIGRATIONS"] = "false"
             os.environ["CAIRN_AUTH"] = "true" if settings.auth else "false"
@@ -110,10 +113,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                     http=http,
                 )
         else:
-            if settings.run_migrations:  # here, so a database it cannot reach is one line
-                with cli_admin.reaching_database():
-                    asyncio.run(_migrate_url(settings.database_url or ""))
-                settings = settings.model_copy(update={"run_migrations": False})
             # One process keeps its metrics in memory, unless the operator set a multi-process
             # directory (prometheus_client then writes there): its stale files go first.
             shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

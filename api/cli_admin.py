@@ -103,12 +103,12 @@ def _with_database(
 
 async def schema_problem(conn: Conn) -> str | None:
     """What is wrong with the database's schema for this cairn, or None when it is at head."""
-    from db.engine import script_heads
+    from db.engine import script_heads, stored_revisions
 
     head = ", ".join(sorted(script_heads()))
-    if not (await conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar():
+    found = await stored_revisions(conn)
+    if found is None:
         return f"the database has no Cairn schema (never migrated; head is {head})"
-    found = {str(r[0]) for r in await conn.execute("SELECT version_num FROM alembic_version")}
     if found == script_heads():
         return None
     at = ", ".join(sorted(found)) or "none"

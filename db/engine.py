@@ -105,15 +105,10 @@ async def migrate(engine: AsyncEngine) -> None:
         await conn.run_sync(_upgrade)
 
 
-def script_heads() -> set[str]:
+@functools.cache
+def script_heads() -> frozenset[str]:
     """The migration heads this code expects (read from the migration scripts, cached)."""
-    global _SCRIPT_HEADS
-    if _SCRIPT_HEADS is None:
-        _SCRIPT_HEADS = set(ScriptDirectory.from_config(alembic_config()).get_heads())
-    return _SCRIPT_HEADS
-
-
-_SCRIPT_HEADS: set[str] | None = None
+    return frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
 
 
 @functools.cache
@@ -123,15 +118,20 @@ def known_revisions() -> frozenset[str]:
     return frozenset(r.revision for r in scripts.walk_revisions())
 
 
+async def stored_revisions(conn: Conn) -> set[str] | None:
+    """The revisions the database's schema is at; None when it was never migrated."""
+    exists = (await conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar()
+    if not exists:
+        return None
+    return {str(r[0]) for r in await conn.execute("SELECT version_num FROM alembic_version")}
+
+
 async def at_head(conn: Conn) -> bool:
     """Whether the database's schema is one this code can serve: at its newest migration, or
     migrated further by a newer release (whose migrations only add: during a rolling upgrade
     the old replicas keep serving once the new release's migration has run)."""
-    exists = (await conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar()
-    if not exists:
-        return False
-    stored = {str(r[0]) for r in await conn.execute("SELECT version_num FROM alembic_version")}
-    return stored == script_heads() or bool(stored - known_revisions())
+    stored = await stored_revisions(conn)
+    return stored is not None and (stored == script_heads() or bool(stored - known_revisions()))
 
 
 def sqlstate(err: BaseException) -> str | None:
